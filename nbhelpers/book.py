@@ -1,0 +1,264 @@
+"""The book runner: execute chapters with papermill under a profile, then build the static HTML book.
+
+    python -m nbhelpers.book                       # every chapter, profile quick, then the HTML book
+    python -m nbhelpers.book --profile smoke --only 01 -p dataset spiral
+    python -m nbhelpers.book --no-build            # execute only
+
+Sources in ``notebooks/`` are never written to. Executed copies go to a staging tree ``<out>/book/`` that
+mirrors the repository (``notebooks/NN_name.ipynb``), each with its ``NN_name.metrics.json`` beside it; the HTML
+goes to ``<out>/html``. Every write is atomic (temporary file/folder, then rename), so an interrupted run leaves
+the previous executed copies and the previous HTML in place.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PROFILES = ("smoke", "quick", "full")
+METRICS_SUFFIX = ".metrics.json"
+
+
+class RunnerError(Exception):
+    """A problem found before anything runs (bad profile, unknown parameter, unknown chapter)."""
+
+
+@dataclass
+class Chapter:
+    stem: str
+    source: Path
+    params: dict
+    status: str = "pending"
+    wall_s: float = 0.0
+    detail: str = ""
+
+
+def find_root(start: Path | None = None) -> Path:
+    here = (start or Path.cwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / "_toc.yml").exists() and (p / "notebooks").is_dir():
+            return p
+    raise RunnerError(f"no book found at or above {here} (looked for _toc.yml and notebooks/)")
+
+
+def parse_value(text: str):
+    """papermill-style -p value: YAML scalars/lists ('3' -> 3, '[a, b]' -> list), anything else a string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_profile(root: Path, profile: str) -> dict:
+    if profile not in PROFILES:
+        raise RunnerError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if profile == "full":  # the notebooks' own defaults are the full experiment
+        return {}
+    path = root / "book" / "profiles" / f"{profile}.yml"
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
+        raise RunnerError(f"{path}: expected a mapping of notebook stem -> parameter mapping")
+    return {k: v or {} for k, v in data.items()}
+
+
+def declared_parameters(notebook: Path) -> dict:
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook))
+
+
+def plan(root: Path, profile: str, only=(), overrides: dict | None = None) -> list[Chapter]:
+    """Resolve chapters and their parameters; every name is checked against the notebook's parameters cell."""
+    sources = {p.stem: p for p in sorted((root / "notebooks").glob("*.ipynb"))}
+    prof = load_profile(root, profile)
+    stray = sorted(set(prof) - set(sources))
+    if stray:
+        raise RunnerError(f"profile {profile!r} names unknown notebook(s) {', '.join(stray)}; "
+                          f"notebooks are: {', '.join(sources)}")
+    chosen = []
+    for key in only:
+        match = [s for s in sources if s == key or s.split("_")[0] == key.zfill(2)]
+        if not match:
+            raise RunnerError(f"no chapter {key!r}; chapters are: {', '.join(sources)}")
+        chosen += [m for m in match if m not in chosen]
+    chapters = []
+    for stem in chosen or list(sources):
+        params = {**prof.get(stem, {}), **(overrides or {})}
+        declared = declared_parameters(sources[stem])
+        unknown = sorted(set(params) - set(declared))
+        if unknown:
+            where = f"profile {profile!r}" if set(unknown) & set(prof.get(stem, {})) else "the command line"
+            raise RunnerError(f"{stem}: unknown parameter(s) {', '.join(unknown)} (from {where}); "
+                              f"valid parameters: {', '.join(declared)}")
+        if "profile" in declared:
+            params["profile"] = profile
+        chapters.append(Chapter(stem, sources[stem], params))
+    return chapters
+
+
+def _atomic_copy_tree(src: Path, dst: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}-"))
+    shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    _swap_in(tmp, dst)
+
+
+def _swap_in(new: Path, dst: Path) -> None:
+    """Replace folder ``dst`` by ``new`` with renames only (the old one survives until the new one is in place)."""
+    old = dst.with_name(f".{dst.name}-old-{os.getpid()}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(new, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def stage_sources(root: Path, stage: Path) -> None:
+    """Copy the book's prose and config into the staging tree (executed notebooks are added by execute)."""
+    stage.mkdir(parents=True, exist_ok=True)
+    (stage / "notebooks").mkdir(exist_ok=True)
+    shutil.copy2(root / "_config.yml", stage / "_config.yml")
+    _atomic_copy_tree(root / "book", stage / "book")
+
+
+def write_toc(root: Path, stage: Path) -> None:
+    """The staged _toc.yml: the repository's, minus chapters that have no executed copy yet."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    present = {f"notebooks/{p.stem}" for p in (stage / "notebooks").glob("*.ipynb")}
+    for part in toc.get("parts", []):
+        part["chapters"] = [c for c in part["chapters"]
+                            if not c["file"].startswith("notebooks/") or c["file"] in present]
+    toc["parts"] = [p for p in toc.get("parts", []) if p["chapters"]]
+    (stage / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+
+
+def header_cell(metrics: dict, wall_s: float):
+    import nbformat
+
+    run = metrics.get("run") or {}
+    versions = " · ".join(f"{k} {v}" for k, v in (run.get("versions") or {}).items())
+    text = (f"<small>Run header — profile <b>{run.get('profile')}</b> · device <b>{run.get('device')}</b> · "
+            f"seed {run.get('seed')} · {versions} · wall time {wall_s:.0f} s</small>")
+    return nbformat.v4.new_markdown_cell(text, metadata={"tags": ["run-header"]})
+
+
+def execute(ch: Chapter, stage: Path, log=print) -> None:
+    """Run one chapter with papermill into the staging tree; on success atomically replace its executed copy."""
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    nb_dir = stage / "notebooks"
+    final = nb_dir / ch.source.name
+    metrics = nb_dir / f"{ch.stem}{METRICS_SUFFIX}"
+    tmp = nb_dir / f".{ch.stem}.running.ipynb"
+    if metrics.exists():
+        metrics.unlink()  # a stale file must not pass for this run's output
+    t0 = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(ch.source), str(tmp), parameters=ch.params, cwd=str(nb_dir),
+                                   kernel_name="python3", progress_bar=False, log_output=False)
+    except PapermillExecutionError as e:
+        ch.status, ch.wall_s = "failed", time.perf_counter() - t0
+        ch.detail = f"cell {e.cell_index} (execution count {e.exec_count}): {e.ename}: {e.evalue}"
+        failed = stage.parent / "failed" / ch.source.name
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, failed)
+        ch.detail += f" — executed copy kept at {failed}"
+        return
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    ch.wall_s = time.perf_counter() - t0
+    if not metrics.exists():
+        ch.status, ch.detail = "failed", f"the notebook did not write {metrics.name} (it must call Results.save())"
+        tmp.unlink(missing_ok=True)
+        return
+    nb = nbformat.read(tmp, as_version=4)
+    nb.cells.insert(0, header_cell(json.loads(metrics.read_text()), ch.wall_s))
+    nbformat.write(nb, tmp)
+    os.replace(tmp, final)
+    ch.status = "ok"
+
+
+def build_html(stage: Path, out: Path, log=print) -> Path:
+    """jupyter-book build (execution off) with warnings as errors, into a temp folder swapped into <out>/html."""
+    jb = Path(sys.executable).with_name("jupyter-book")
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".jb-"))
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(stage), "--path-output", str(tmp),
+           "-W", "-n", "--keep-going", "--quiet"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError("jupyter-book build failed (warnings are errors):\n"
+                               + (proc.stdout[-4000:] + proc.stderr[-4000:]).strip())
+        _swap_in(tmp / "_build" / "html", out / "html")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "html" / "index.html"
+
+
+def summary(chapters: list[Chapter]) -> str:
+    lines = [f"{'chapter':28s} {'status':8s} {'wall':>8s}  detail"]
+    for c in chapters:
+        lines.append(f"{c.stem:28s} {c.status:8s} {c.wall_s:7.1f}s  {c.detail}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m nbhelpers.book", description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", default="quick", choices=PROFILES)
+    ap.add_argument("--only", nargs="*", default=[], metavar="NN", help="chapters by number or stem")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="papermill parameter override (YAML value), applied to every selected chapter")
+    ap.add_argument("--out", default="_build", help="output folder (default _build)")
+    ap.add_argument("--no-build", action="store_true", help="execute only, skip the HTML build")
+    ap.add_argument("--build-only", action="store_true", help="rebuild HTML from the staged executed copies")
+    args = ap.parse_args(argv)
+
+    try:
+        root = find_root()
+        overrides = {k: parse_value(v) for k, v in args.parameter}
+        chapters = [] if args.build_only else plan(root, args.profile, args.only, overrides)
+    except RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = (root / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
+    stage = out / "book"
+    out.mkdir(parents=True, exist_ok=True)
+    stage_sources(root, stage)
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+
+    for ch in chapters:
+        print(f"[{ch.stem}] running (profile {args.profile}) with {ch.params}", flush=True)
+        execute(ch, stage)
+        print(f"[{ch.stem}] {ch.status} in {ch.wall_s:.1f}s {ch.detail}", flush=True)
+    failed = [c for c in chapters if c.status != "ok"]
+    index = None
+    if not failed and not args.no_build:
+        write_toc(root, stage)
+        try:
+            index = build_html(stage, out)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed = [Chapter("(book build)", Path(), {}, "failed")]
+    if chapters:
+        print("\n" + summary(chapters))
+    if failed:
+        print(f"\nFAILED: {', '.join(c.stem for c in failed)}", file=sys.stderr)
+        return 1
+    if index:
+        print(f"\nBook built: open {index}  (file://{index})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

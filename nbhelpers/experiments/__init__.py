@@ -1,0 +1,1 @@
+"""Chapter experiments: the runs, tables and figures each notebook calls."""

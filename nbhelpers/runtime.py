@@ -1,0 +1,86 @@
+"""Seeding, device choice and the one-line run header every chapter prints first."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda, then mps, then cpu. An explicit device that is absent is an error."""
+    if name not in DEVICES:
+        raise ValueError(f"device={name!r} is not allowed; choose one of {', '.join(DEVICES)}")
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if name == "auto":
+        name = next(d for d in ("cuda", "mps", "cpu") if available[d])
+    elif not available[name]:
+        raise ValueError(f"device={name!r} was requested but is not available on this machine")
+    return torch.device(name)
+
+
+def versions() -> dict[str, str]:
+    import nbhelpers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__.split("+")[0],
+        "numpy": np.__version__,
+        "nbhelpers": nbhelpers.__version__,
+    }
+
+
+@dataclass
+class Run:
+    """What a chapter run is: profile, seed, device, versions, and when it started."""
+
+    profile: str
+    seed: int
+    device: torch.device
+    versions: dict = field(default_factory=versions)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def wall_s(self) -> float:
+        return time.time() - self.started
+
+    def header(self) -> str:
+        v = " · ".join(f"{k} {val}" for k, val in self.versions.items())
+        dev = self.device.type
+        if dev == "cuda":
+            dev += f" ({torch.cuda.get_device_name(self.device)})"
+        return (f"Run: profile {self.profile} · device {dev} · seed {self.seed} · {v} · "
+                f"threads {torch.get_num_threads()}")
+
+    def as_dict(self) -> dict:
+        return {"profile": self.profile, "seed": self.seed, "device": self.device.type,
+                "versions": self.versions, "wall_s": round(self.wall_s, 2)}
+
+
+def start(profile: str, seed: int, device: str = "auto") -> Run:
+    """Seed everything, choose the device, print the run header and return the Run."""
+    run = Run(profile=profile, seed=seed, device=pick_device(device))
+    seed_everything(seed)
+    print(run.header())
+    return run

@@ -1,0 +1,152 @@
+"""The one training loop every chapter uses.
+
+``fit`` runs epochs over any re-iterable of ``(x, y)`` batches, records a per-step history (a DataFrame), evaluates
+on a schedule, times itself, and guards against NaN/inf or exploding losses: a bad loss stops the run and the
+history says why and when (``status``/``reason``/``stopped_at``) instead of training on through garbage.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import pandas as pd
+import torch
+from tqdm.std import tqdm
+
+
+@dataclass
+class History:
+    rows: list = field(default_factory=list)
+    status: str = "ok"             # "ok" | "nan" | "diverged"
+    reason: str = ""
+    stopped_at: int | None = None  # step at which the guard stopped the run
+    wall_s: float = 0.0
+    samples: int = 0
+
+    @property
+    def df(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.wall_s if self.wall_s else float("nan")
+
+    def last(self, column: str) -> float:
+        """Last recorded (non-NaN) value of a column."""
+        s = self.df.get(column)
+        return float(s.dropna().iloc[-1]) if s is not None and s.notna().any() else float("nan")
+
+
+def fit(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable,
+    loss_fn: Callable,
+    *,
+    epochs: int,
+    scheduler=None,
+    scheduler_per: str = "step",
+    evaluate: Callable[[torch.nn.Module], dict] | None = None,
+    eval_every: int | None = None,
+    on_step: Callable[[int, torch.nn.Module], None] | None = None,
+    diverge_factor: float | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    desc: str = "train",
+) -> History:
+    """Train ``model`` for ``epochs`` passes over ``batches``.
+
+    evaluate(model) -> dict of metrics, called every ``eval_every`` steps (None: at the end of each epoch), in
+    eval mode under no_grad. on_step(step, model) runs after every optimiser step (e.g. to capture GIF frames).
+    diverge_factor: stop when a training loss exceeds factor × the first step's loss (e.g. 100).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if scheduler_per not in ("step", "epoch"):
+        raise ValueError("scheduler_per must be 'step' or 'epoch'")
+    hist, step, first_loss = History(), 0, None
+    t0 = time.perf_counter()
+    bar = tqdm(total=epochs, desc=desc, disable=not progress, file=sys.stderr, mininterval=2.0)
+
+    def run_eval(row):
+        if evaluate is not None:
+            model.eval()
+            with torch.no_grad():
+                row.update(evaluate(model))
+            model.train()
+
+    model.train()
+    for epoch in range(epochs):
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = loss_fn(model(x), y)
+            value = float(loss.detach())
+            row = {"step": step, "epoch": epoch, "train_loss": value,
+                   "lr": optimizer.param_groups[0]["lr"]}
+            if not math.isfinite(value):
+                hist.status, hist.reason = "nan", f"training loss became {value} at step {step} (epoch {epoch + 1})"
+            elif diverge_factor is not None:
+                first_loss = value if first_loss is None else first_loss
+                if value > diverge_factor * first_loss:
+                    hist.status = "diverged"
+                    hist.reason = (f"training loss {value:.4g} exceeded {diverge_factor:g}x the first loss "
+                                   f"{first_loss:.4g} at step {step} (epoch {epoch + 1})")
+            if not hist.ok:
+                hist.rows.append(row)
+                hist.stopped_at = step
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None and scheduler_per == "step":
+                scheduler.step()
+            hist.samples += len(x)
+            step += 1
+            if eval_every and step % eval_every == 0:
+                run_eval(row)
+            hist.rows.append(row)
+            if on_step is not None:
+                on_step(step, model)
+        if not hist.ok:
+            break
+        if scheduler is not None and scheduler_per == "epoch":
+            scheduler.step()
+        if not eval_every:
+            run_eval(hist.rows[-1])
+        bar.update(1)
+        bar.set_postfix(loss=f"{hist.rows[-1]['train_loss']:.4g}")
+    bar.close()
+    hist.wall_s = time.perf_counter() - t0
+    return hist
+
+
+class Snapshots:
+    """An ``on_step`` callback that records ``probe(model)`` (e.g. outputs on a plot grid) at chosen steps.
+
+    ``steps`` are optimiser-step counts; step 0 is recorded by calling ``snapshots.record(0, model)`` before
+    training. The probe runs in eval mode under no_grad; its result (anything) is kept in ``frames``.
+    """
+
+    def __init__(self, probe: Callable[[torch.nn.Module], object], steps):
+        self.probe, self.steps = probe, set(int(s) for s in steps)
+        self.frames: list = []
+        self.at: list[int] = []
+
+    def record(self, step: int, model: torch.nn.Module) -> None:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            self.frames.append(self.probe(model))
+        self.at.append(step)
+        model.train(was_training)
+
+    def __call__(self, step: int, model: torch.nn.Module) -> None:
+        if step in self.steps:
+            self.record(step, model)

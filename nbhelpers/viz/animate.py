@@ -1,0 +1,73 @@
+"""Matplotlib figures -> GIF (imageio v3), with a bound on frame count and file size."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import imageio.v3 as iio
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+
+MAX_FRAMES = 150
+MAX_BYTES = 2_000_000
+
+
+def figure_to_array(fig, close: bool = True) -> np.ndarray:
+    """Render a matplotlib figure to an (H, W, 3) uint8 array."""
+    fig.canvas.draw()
+    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    if close:
+        plt.close(fig)
+    return arr
+
+
+def render(fig, update, n: int):
+    """Frames of one reused figure: ``update(i)`` changes its artists, then the canvas is grabbed (fast)."""
+    try:
+        return [(update(i), figure_to_array(fig, close=False))[1] for i in range(n)]
+    finally:
+        plt.close(fig)
+
+
+def subsample(n: int, max_frames: int) -> np.ndarray:
+    """Indices of at most ``max_frames`` evenly spaced frames out of ``n``, always keeping the first and last."""
+    if n <= max_frames:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_frames).round().astype(int))
+
+
+def write_gif(frames, path, fps: float = 10, max_frames: int = MAX_FRAMES, max_bytes: int = MAX_BYTES,
+              hold_last: int = 5) -> Path:
+    """Write frames (figures or RGB arrays) to ``path`` atomically.
+
+    More than ``max_frames`` frames are subsampled evenly; if the file exceeds ``max_bytes`` the frames are
+    downscaled (up to 5 times by 0.8) and a GIF that still does not fit is an error. The last frame is held for
+    ``hold_last`` extra frames so the final state is readable.
+    """
+    frames = list(frames)
+    if not frames:
+        raise ValueError("write_gif needs at least one frame")
+    frames = [figure_to_array(f) if hasattr(f, "canvas") else np.asarray(f, dtype=np.uint8) for f in frames]
+    frames = [frames[i] for i in subsample(len(frames), max_frames)]
+    durations = [1000 / fps] * len(frames)
+    durations[-1] *= 1 + hold_last
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(6):
+        fd, tmp = tempfile.mkstemp(suffix=".gif", dir=path.parent)
+        os.close(fd)
+        try:
+            iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=durations, loop=0)
+            size = os.path.getsize(tmp)
+            if size <= max_bytes:
+                os.replace(tmp, path)
+                return path
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        h, w = frames[0].shape[:2]
+        new = (max(1, int(w * 0.8)), max(1, int(h * 0.8)))
+        frames = [np.asarray(Image.fromarray(f).resize(new, Image.LANCZOS)) for f in frames]
+    raise ValueError(f"GIF {path} stays above {max_bytes} bytes ({size} at {w}x{h}); use fewer frames")

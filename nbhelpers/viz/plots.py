@@ -1,0 +1,107 @@
+"""Reusable plots: learning curves, 2-D surfaces with points, per-unit map grids, attention heatmaps."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .style import DIVERGING, SEQUENTIAL
+
+CLASS_COLORS = ("#2166ac", "#b2182b")  # class 0 blue, class 1 red (matches DIVERGING's ends)
+
+
+def points(ax, X, y, classification: bool = True, size: float = 12, **kw):
+    """Scatter 2-D points: coloured by class (classification) or by value (regression)."""
+    X, y = np.asarray(X), np.asarray(y)
+    if classification:
+        for c in (0, 1):
+            m = y == c
+            ax.scatter(X[m, 0], X[m, 1], s=size, c=CLASS_COLORS[c], edgecolors="white", linewidths=0.4,
+                       label=f"class {c}", **kw)
+        return None
+    lim = float(np.abs(y).max()) or 1.0
+    return ax.scatter(X[:, 0], X[:, 1], c=y, cmap=DIVERGING, vmin=-lim, vmax=lim, s=size,
+                      edgecolors="white", linewidths=0.4, **kw)
+
+
+def surface(ax, xx, yy, z, classification: bool = True, levels: int = 21, vlim: float | None = None):
+    """Filled contours of a model output on a grid: P(class 1) in [0, 1] or a symmetric regression range."""
+    z = np.asarray(z).reshape(xx.shape)
+    if classification:
+        vmin, vmax = 0.0, 1.0
+    else:
+        lim = vlim or float(np.abs(z).max()) or 1.0
+        vmin, vmax = -lim, lim
+    cs = ax.contourf(xx, yy, z, levels=np.linspace(vmin, vmax, levels), cmap=DIVERGING, extend="both")
+    ax.set(xticks=[], yticks=[], aspect="equal")
+    return cs
+
+
+def image(ax, z, extent, classification: bool = True, vlim: float | None = None):
+    """Fast imshow version of ``surface`` (for animation frames): returns the AxesImage to update."""
+    vmin, vmax = (0.0, 1.0) if classification else (-(vlim or 1.0), vlim or 1.0)
+    im = ax.imshow(np.asarray(z), origin="lower", extent=extent, cmap=DIVERGING, vmin=vmin, vmax=vmax,
+                   interpolation="bilinear")
+    ax.set(xticks=[], yticks=[])
+    return im
+
+
+def unit_grid(layers: dict, extent, panel: float = 1.05, title: str = ""):
+    """One row per layer, one panel per unit, each showing that unit's activation over the plane.
+
+    layers: {layer name: array (units, n, n)}. Returns (fig, {layer: [AxesImage]}) so frames can be updated.
+    """
+    rows, cols = len(layers), max(a.shape[0] for a in layers.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols + 1.2, panel * rows + 0.5), squeeze=False)
+    images = {}
+    for r, (name, maps) in enumerate(layers.items()):
+        lim = max(float(np.abs(maps).max()), 1e-6)
+        images[name] = []
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set(xticks=[], yticks=[])
+            if c >= maps.shape[0]:
+                ax.axis("off")
+                continue
+            images[name].append(ax.imshow(maps[c], origin="lower", extent=extent, cmap=DIVERGING,
+                                          vmin=-lim, vmax=lim))
+        axes[r, 0].set_ylabel(name, fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.02, top=0.86, wspace=0.05, hspace=0.08)
+    return fig, images
+
+
+def curves(ax, histories: dict, column: str = "train_loss", smooth: int = 1, logy: bool = True, **kw):
+    """Plot one column of several training histories (DataFrames with a 'step' column) against step."""
+    for label, df in histories.items():
+        s = df.set_index("step")[column].dropna()
+        if smooth > 1:
+            s = s.rolling(smooth, min_periods=1).mean()
+        ax.plot(s.index, s.values, label=label, **kw)
+    ax.set(xlabel="step", ylabel=column.replace("_", " "))
+    if logy:
+        ax.set_yscale("log")
+    return ax
+
+
+def attention_maps(att, extent, labels=None, title: str = ""):
+    """att: (n, n, H, H) attention weights over a grid -> H x H panels; panel (i, j) = weight of token i on j."""
+    att = np.asarray(att)
+    H = att.shape[-1]
+    fig, axes = plt.subplots(H, H, figsize=(1.5 * H + 1.2, 1.5 * H + 0.4), squeeze=False)
+    for i in range(H):
+        for j in range(H):
+            im = axes[i, j].imshow(att[..., i, j], origin="lower", extent=extent, cmap=SEQUENTIAL, vmin=0, vmax=1)
+            axes[i, j].set(xticks=[], yticks=[])
+            if i == 0:
+                axes[i, j].set_title(f"key {j}", fontsize="small")
+            if j == 0:
+                axes[i, j].set_ylabel(f"query {i}", fontsize="small")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="attention weight")
+    fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def table_style(df: pd.DataFrame):
+    """A readable pandas Styler for result tables (no index clutter, NaN shown as an em dash)."""
+    return df.style.hide(axis="index").format(na_rep="—", precision=3)
