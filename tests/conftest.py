@@ -1,0 +1,24 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def run_book(*args, cwd=ROOT, timeout=900):
+    """Run the book runner as the Makefile does; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "nbhelpers.book", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """Every chapter under the smoke profile, executed and built into a temporary output folder (once)."""
+    out = tmp_path_factory.mktemp("smoke")
+    proc = run_book("--profile", "smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc

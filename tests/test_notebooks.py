@@ -1,0 +1,81 @@
+"""Committed notebooks are clean sources; the smoke run of every chapter produces a complete book."""
+import hashlib
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+REPO_URL = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+def _digest(paths):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+SOURCE_DIGEST = _digest(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_is_an_output_free_source(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and not c.get("execution_count") for c in code)
+    assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]) == 1
+    first = "".join(code[0]["source"])
+    assert "google.colab" in first and f"git+{REPO_URL}" in first, "first code cell must be the Colab set-up"
+
+
+def test_toc_lists_every_notebook():
+    toc = (ROOT / "_toc.yml").read_text()
+    for p in NOTEBOOKS:
+        assert f"notebooks/{p.stem}" in toc
+
+
+def test_smoke_book_is_complete(smoke_book):
+    out, proc = smoke_book
+    html = out / "html"
+    assert (html / "index.html").exists()
+    assert "Book built: open" in proc.stdout
+    for nb in NOTEBOOKS:
+        page = html / "notebooks" / f"{nb.stem}.html"
+        text = page.read_text()
+        assert "Run header" in text and "profile <b>smoke</b>" in text
+        # every image the page references exists (GIFs included) and is non-empty
+        srcs = re.findall(r'<img[^>]+src="([^"]+)"', text)
+        assert srcs
+        for src in srcs:
+            if not src.startswith(("http", "data:")):
+                target = (page.parent / src).resolve()
+                assert target.exists() and target.stat().st_size > 0, src
+        # the Colab button opens the committed source notebook of the configured repository
+        colab = REPO_URL.replace("https://github.com/", "https://colab.research.google.com/github/")
+        assert f"{colab}/blob/main/notebooks/{nb.name}" in text
+
+
+def test_smoke_chapter1_outputs(smoke_book):
+    out, _ = smoke_book
+    stage = out / "book" / "notebooks"
+    metrics = json.loads((stage / "01_toy_attention.metrics.json").read_text())
+    assert metrics["run"]["profile"] == "smoke" and metrics["run"]["device"] == "cpu"
+    nb_text = (stage / "01_toy_attention.ipynb").read_text()
+    for key in re.findall(r"\{glue:text\}`([a-z0-9_]+)", nb_text):  # every key the prose uses was glued
+        assert key in metrics["values"], key
+    assert metrics["values"]["params_heads_reg"] == 33 and metrics["values"]["params_mlp_reg"] == 105
+    rows = metrics["tables"]["results_table"]
+    assert {r["dataset"] for r in rows} == {"plane", "gaussian", "two_gaussians", "spiral", "circle", "xor"}
+    assert all(0 < r["Bayes"] <= 100 for r in rows if r["task"] == "classification")
+    gifs = sorted((stage / "figures" / "01").glob("*.gif"))
+    assert len(gifs) == 8 and all(0 < g.stat().st_size <= 2_000_000 for g in gifs)
+
+
+def test_sources_untouched_by_runs(smoke_book):
+    assert _digest(NOTEBOOKS) == SOURCE_DIGEST
+    status = subprocess.run(["git", "status", "--porcelain", "notebooks", "book"], cwd=ROOT,
+                            capture_output=True, text=True).stdout
+    assert status == ""
