@@ -74,5 +74,6 @@ class Results:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(self.as_dict(), f, indent=1, sort_keys=True)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         return path

@@ -227,6 +227,7 @@ def plot_surfaces(runs: dict, splits: dict, seed: int, n: int = 120):
             plots.points(ax, s["x_val"], s["y_val"], classification=clf, size=4)
             unit = "acc" if clf else "MSE"
             value = f"{100 * run.metric:.1f}%" if clf else f"{run.metric:.3f}"
+            ax.set(xlim=EXTENT[:2], ylim=EXTENT[2:])
             ax.set_title(f"{d}: {unit} {value}", fontsize="small")
             if c == 0:
                 ax.set_ylabel(models.LABELS[m], fontsize="small")
@@ -236,23 +237,12 @@ def plot_surfaces(runs: dict, splits: dict, seed: int, n: int = 120):
 
 def output_gif(run: ToyRun, split: dict, path, fps: float = 8):
     """Training GIF of the output surface with the validation points on top, titled with the step."""
-    snaps, task = run.snapshots, run.task
-    clf = task.kind == "classification"
-    fig, ax = plt.subplots(figsize=(3.6, 3.6), dpi=80)
-    im = plots.image(ax, snaps.frames[0]["output"].astype(np.float32), EXTENT, classification=clf, vlim=1.0)
-    plots.points(ax, split["x_val"], split["y_val"], classification=clf, size=5)
-    ax.set(xlim=EXTENT[:2], ylim=EXTENT[2:])
-    title = ax.set_title("")
-    fig.tight_layout()
+    snaps, name = run.snapshots, models.LABELS[run.model_name]
     loss = run.history.df.set_index("step")["val_loss"]
-
-    def update(i):
-        im.set_data(snaps.frames[i]["output"].astype(np.float32))
-        step = snaps.at[i]
-        vl = f" · val loss {loss.get(step - 1, float('nan')):.3f}" if step else ""
-        title.set_text(f"{run.dataset} · {models.LABELS[run.model_name]}\nstep {step}{vl}")
-
-    return animate.write_gif(animate.render(fig, update, len(snaps.frames)), path, fps=fps)
+    titles = [f"{run.dataset} · {name}\nstep {s}" + (f" · val loss {loss.get(s - 1, float('nan')):.3f}" if s else "")
+              for s in snaps.at]
+    return animate.surface_gif([f["output"] for f in snaps.frames], titles, EXTENT, path, split["x_val"],
+                               split["y_val"], classification=run.task.kind == "classification", fps=fps)
 
 
 def hidden_gif(run: ToyRun, path, fps: float = 8):

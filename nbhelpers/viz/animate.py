@@ -62,6 +62,7 @@ def write_gif(frames, path, fps: float = 10, max_frames: int = MAX_FRAMES, max_b
             iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=durations, loop=0)
             size = os.path.getsize(tmp)
             if size <= max_bytes:
+                os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a GIF is published
                 os.replace(tmp, path)
                 return path
         finally:
@@ -71,3 +72,24 @@ def write_gif(frames, path, fps: float = 10, max_frames: int = MAX_FRAMES, max_b
         new = (max(1, int(w * 0.8)), max(1, int(h * 0.8)))
         frames = [np.asarray(Image.fromarray(f).resize(new, Image.LANCZOS)) for f in frames]
     raise ValueError(f"GIF {path} stays above {max_bytes} bytes ({size} at {w}x{h}); use fewer frames")
+
+
+def surface_gif(surfaces, titles, extent, path, X=None, y=None, classification: bool = True,
+                vlim: float | None = 1.0, fps: float = 8, size: float = 3.6, dpi: int = 80, **kw) -> Path:
+    """GIF of a model's output surface over training: one (n, n) array and one title per frame, with the data
+    points (X, y) drawn on top. P(class 1) in [0, 1] for classification, a symmetric range otherwise."""
+    from . import plots
+
+    fig, ax = plt.subplots(figsize=(size, size), dpi=dpi)
+    im = plots.image(ax, np.asarray(surfaces[0], np.float32), extent, classification=classification, vlim=vlim)
+    if X is not None:
+        plots.points(ax, X, y, classification=classification, size=5)
+    ax.set(xlim=extent[:2], ylim=extent[2:])
+    title = ax.set_title(titles[0], fontsize="small")
+    fig.tight_layout()
+
+    def update(i):
+        im.set_data(np.asarray(surfaces[i], np.float32))
+        title.set_text(titles[i])
+
+    return write_gif(render(fig, update, len(surfaces)), path, fps=fps, **kw)
