@@ -86,7 +86,7 @@ def surface_gif(surfaces, titles, extent, path, X=None, y=None, classification: 
         plots.points(ax, X, y, classification=classification, size=5)
     ax.set(xlim=extent[:2], ylim=extent[2:])
     title = ax.set_title(titles[0], fontsize="small")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.03, right=0.97, bottom=0.03, top=0.87)  # room for a two-line title
 
     def update(i):
         im.set_data(np.asarray(surfaces[i], np.float32))
