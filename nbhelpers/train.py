@@ -58,6 +58,7 @@ def fit(
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
     diverge_factor: float | None = None,
     device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> History:
@@ -66,6 +67,7 @@ def fit(
     evaluate(model) -> dict of metrics, called every ``eval_every`` steps (None: at the end of each epoch), in
     eval mode under no_grad. on_step(step, model) runs after every optimiser step (e.g. to capture GIF frames).
     diverge_factor: stop when a training loss exceeds factor × the first step's loss (e.g. 100).
+    amp_dtype: run forward passes under torch.autocast with this dtype (e.g. torch.bfloat16 on GPU).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -86,7 +88,8 @@ def fit(
     for epoch in range(epochs):
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = loss_fn(model(x), y)
+            with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = loss_fn(model(x), y)
             value = float(loss.detach())
             row = {"step": step, "epoch": epoch, "train_loss": value,
                    "lr": optimizer.param_groups[0]["lr"]}

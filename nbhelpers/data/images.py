@@ -1,0 +1,234 @@
+"""Image datasets (MNIST, CIFAR-10, CIFAR-100) as uint8 arrays, and a device-resident batcher with augmentation.
+
+Loading order (DESIGN.md): the array cache ``<root>/<name>.npz`` (keys x_train, y_train, x_test, y_test, classes;
+uint8 N×H×W×C, int64 labels) is read first; otherwise torchvision loads the dataset from its own layout under
+the root (``download=True`` fetches it online and finds existing files offline) and the cache is written.
+Nothing is ever substituted: a dataset that cannot be found is a ``DataUnavailable`` error saying where we
+looked and how to provide it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data_root
+
+DATASETS = ("mnist", "cifar10", "cifar100")
+# per-dataset channel statistics of the training set (pixel values in [0, 1])
+STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+MNIST_STATS = STATS["mnist"]  # what the chapter-3 original used for every dataset
+_TORCHVISION = {"mnist": "MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+
+
+class DataUnavailable(FileNotFoundError):
+    """The dataset is not on disk and could not be downloaded."""
+
+
+@dataclass
+class ImageData:
+    name: str
+    x_train: np.ndarray  # uint8 (N, H, W, C)
+    y_train: np.ndarray  # int64 (N,)
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list
+
+    @property
+    def shape(self) -> tuple:
+        return self.x_train.shape[1:]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, n_train: int | None = None, n_test: int | None = None) -> "ImageData":
+        """The first n examples of each split (the files' original order is already shuffled)."""
+        return ImageData(self.name, self.x_train[:n_train], self.y_train[:n_train], self.x_test[:n_test],
+                         self.y_test[:n_test], self.classes)
+
+
+def check_dataset(name: str) -> str:
+    if name not in DATASETS:
+        raise ValueError(f"dataset={name!r} is not allowed; choose one of {', '.join(DATASETS)}")
+    return name
+
+
+def cache_path(name: str, root: Path | None = None) -> Path:
+    return Path(root or data_root()) / f"{name}.npz"
+
+
+def save_cache(data: ImageData, root: Path | None = None) -> Path:
+    """Write the array cache atomically (lossless; uint8 images, int64 labels)."""
+    path = cache_path(data.name, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test,
+                 classes=np.array(data.classes))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _from_cache(name: str, path: Path) -> ImageData:
+    with np.load(path, allow_pickle=False) as z:
+        missing = {"x_train", "y_train", "x_test", "y_test", "classes"} - set(z.files)
+        if missing:
+            raise ValueError(f"{path}: array cache lacks {sorted(missing)}")
+        x_train, x_test = z["x_train"], z["x_test"]
+        if x_train.ndim == 3:  # allow N×H×W for one-channel sets
+            x_train, x_test = x_train[..., None], x_test[..., None]
+        if x_train.dtype != np.uint8:
+            raise ValueError(f"{path}: images must be uint8, got {x_train.dtype}")
+        return ImageData(name, x_train, z["y_train"].astype(np.int64), x_test, z["y_test"].astype(np.int64),
+                         [str(c) for c in z["classes"]])
+
+
+def _from_torchvision(name: str, root: Path, download: bool) -> ImageData:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, _TORCHVISION[name])
+    splits = [cls(str(root), train=train, download=download) for train in (True, False)]
+    arrays = []
+    for ds in splits:
+        x = np.asarray(ds.data.numpy() if torch.is_tensor(ds.data) else ds.data, dtype=np.uint8)
+        arrays += [x[..., None] if x.ndim == 3 else x, np.asarray(ds.targets, dtype=np.int64)]
+    return ImageData(name, *arrays, list(splits[0].classes))
+
+
+def load(name: str, root: str | os.PathLike | None = None, download: bool = True, cache: bool = True) -> ImageData:
+    """Load a dataset as uint8 arrays: the array cache first, then torchvision (writing the cache)."""
+    check_dataset(name)
+    root = Path(root) if root is not None else data_root()
+    path = cache_path(name, root)
+    if path.exists():
+        return _from_cache(name, path)
+    try:
+        data = _from_torchvision(name, root, download)
+    except Exception as e:  # offline download, corrupt/missing files: one clear error, never a substitute
+        raise DataUnavailable(
+            f"dataset {name!r} is not available: looked for the array cache {path} and torchvision's "
+            f"{_TORCHVISION[name]} files under {root} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            f"Provide it by setting NBHELPERS_DATA to a folder that has it, or by running once with internet "
+            f"access (torchvision downloads it there)."
+        ) from e
+    if cache:
+        try:
+            save_cache(data, root)
+        except OSError:
+            pass  # a read-only data folder still works, just without the faster cache
+    return data
+
+
+# ------------------------------------------------------------------ batched augmentation on the device
+
+def random_crop(x: torch.Tensor, padding: int, generator=None, mode: str = "reflect") -> torch.Tensor:
+    """Per-sample random crop of a padded batch (B, C, H, W) back to (H, W)."""
+    if padding <= 0:
+        return x
+    B, C, H, W = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4, mode=mode)
+    oy = torch.randint(0, 2 * padding + 1, (B,), device=x.device, generator=generator)
+    ox = torch.randint(0, 2 * padding + 1, (B,), device=x.device, generator=generator)
+    rows = (oy[:, None] + torch.arange(H, device=x.device))[:, None, :, None]  # (B,1,H,1)
+    cols = (ox[:, None] + torch.arange(W, device=x.device))[:, None, None, :]  # (B,1,1,W)
+    b = torch.arange(B, device=x.device)[:, None, None, None]
+    c = torch.arange(C, device=x.device)[None, :, None, None]
+    return padded[b, c, rows, cols]
+
+
+def random_flip(x: torch.Tensor, p: float = 0.5, generator=None) -> torch.Tensor:
+    """Per-sample horizontal flip with probability p."""
+    flip = torch.rand(len(x), device=x.device, generator=generator) < p
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def random_erase(x: torch.Tensor, size: int, fill: torch.Tensor, p: float = 0.5, generator=None) -> torch.Tensor:
+    """Per-sample: with probability p, fill one size×size square (centre uniform over the image, clipped at the
+    border as in coarse dropout) with ``fill`` (per-channel values, e.g. the dataset mean)."""
+    B, C, H, W = x.shape
+    cy = torch.randint(0, H, (B,), device=x.device, generator=generator)
+    cx = torch.randint(0, W, (B,), device=x.device, generator=generator)
+    apply = torch.rand(B, device=x.device, generator=generator) < p
+    ys, xs = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
+    inside_y = (ys[None] >= (cy - size // 2)[:, None]) & (ys[None] < (cy - size // 2 + size)[:, None])
+    inside_x = (xs[None] >= (cx - size // 2)[:, None]) & (xs[None] < (cx - size // 2 + size)[:, None])
+    mask = (inside_y[:, :, None] & inside_x[:, None, :] & apply[:, None, None])[:, None]
+    return torch.where(mask, fill.view(1, C, 1, 1).to(x), x)
+
+
+@dataclass
+class Augment:
+    """Which augmentations to apply (in pixel space [0, 1], before normalisation)."""
+
+    crop_padding: int = 0
+    crop_mode: str = "reflect"
+    flip: bool = False
+    erase_size: int = 0
+    erase_p: float = 0.5
+
+    def __call__(self, x, mean, generator=None):
+        x = random_crop(x, self.crop_padding, generator, self.crop_mode)
+        if self.flip:
+            x = random_flip(x, 0.5, generator)
+        if self.erase_size:
+            x = random_erase(x, self.erase_size, mean, self.erase_p, generator)
+        return x
+
+
+class DeviceBatches:
+    """The whole uint8 dataset on the device once; each epoch a fresh permutation; conversion, augmentation and
+    normalisation happen on batched tensors on that device. Works the same on CPU. Iterate for (x, y) batches."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, device="cpu", stats=MNIST_STATS,
+                 augment: Augment | None = None, shuffle: bool = True, drop_last: bool = False, seed: int = 0,
+                 dtype: torch.dtype = torch.float32):
+        if x.ndim != 4 or x.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images N×H×W×C, got {x.dtype} {x.shape}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.x = torch.as_tensor(x).permute(0, 3, 1, 2).contiguous().to(self.device)  # uint8 N, C, H, W
+        self.y = torch.as_tensor(y, dtype=torch.long).to(self.device)
+        C = self.x.shape[1]
+        mean, std = (torch.tensor(s, dtype=torch.float32) for s in stats)
+        if len(mean) != C:
+            raise ValueError(f"normalisation has {len(mean)} channels, images have {C}")
+        self.mean, self.std = mean.to(self.device), std.to(self.device)
+        self.batch_size, self.augment, self.shuffle, self.drop_last, self.dtype = \
+            batch_size, augment, shuffle, drop_last, dtype
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def __len__(self):
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)).to(self.dtype)
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Back to pixel space [0, 1] (for showing augmented batches correctly)."""
+        return (x.float() * self.std.view(1, -1, 1, 1) + self.mean.view(1, -1, 1, 1)).clamp(0, 1)
+
+    def __iter__(self):
+        n = len(self.y)
+        order = (torch.randperm(n, device=self.device, generator=self.generator) if self.shuffle
+                 else torch.arange(n, device=self.device))
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            xb = self.x[idx].float().div_(255)
+            if self.augment is not None:
+                xb = self.augment(xb, self.mean, self.generator)
+            yield self.normalise(xb), self.y[idx]
