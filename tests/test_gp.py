@@ -95,3 +95,100 @@ def test_order_violation_is_small_when_the_gap_is_seen():
     obs[:] = False
     prob, _ = gp.order_violation(p["x"][0], p["s"][0], p["y"][0], obs | (np.arange(40) == 0))
     assert 0.01 < prob < 0.99  # one point of series 1 says little about the gap: the order is uncertain
+
+
+# ---------------------------------------------------------------- models and losses
+
+from nbhelpers.experiments import gp as gpx  # noqa: E402
+from nbhelpers.models import gp as models  # noqa: E402
+
+
+def _inp(n_points=24, seed=0):
+    p = gp.make_pairs(3, n_points, seed=seed)
+    return torch.tensor(np.stack([p["x"], p["s"], p["y"]], -1), dtype=torch.float32)
+
+
+MODELS = {
+    "faithful": lambda: models.Faithful(embed=16),
+    "series_qk_no_relu": lambda: models.Faithful(embed=16, series_qk=True, no_relu=True),
+    "repaired": lambda: models.Repaired(width=16, heads=2, layers=2, n_freq=4),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_changing_a_later_y_never_changes_an_earlier_prediction(name):
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    inp = _inp()
+    base = model(inp)
+    assert base.shape == (3, 24, 2) and torch.isfinite(base).all()
+    for u in (0, 7, 12, 23):
+        changed = inp.clone()
+        changed[:, u, 2] += 3.0
+        out = model(changed)
+        assert torch.equal(out[:, :u + 1], base[:, :u + 1]), f"prediction <= {u} saw y_{u}"
+        if u < 23:
+            assert not torch.allclose(out[:, u + 1:], base[:, u + 1:])  # later rows do use it
+    att = model.attention(inp)
+    assert att.shape == (3, 24, 24)
+    assert torch.all(att.triu() == 0)  # row t only weighs points j < t
+    total = att[:, 1:].sum(-1).detach().numpy()
+    if name == "repaired":  # the rest of its weight sits on the learned "nothing seen yet" token
+        assert (total <= 1 + 1e-5).all()
+    else:
+        np.testing.assert_allclose(total, 1.0, atol=1e-5)
+
+
+def test_rollout_is_causal_and_feeds_back_predictions():
+    torch.manual_seed(0)
+    model = models.Faithful(embed=16).eval()
+    inp = _inp()
+    pred, sd = gpx.rollout(model, inp, first=16)
+    assert pred.shape == sd.shape == (3, 8)
+    changed = inp.clone()
+    changed[:, 16:, 2] = 99.0  # the truth after `first` must not matter
+    np.testing.assert_allclose(gpx.rollout(model, changed, first=16)[0], pred, rtol=1e-6)
+    tf = gpx.teacher_forced(model, inp)
+    np.testing.assert_allclose(pred[:, 0], tf[:, 16, 0], rtol=1e-5)  # first step = teacher-forced
+
+
+def test_x_index_matches_the_original_grid():
+    idx = models.x_index(torch.tensor([5.0, 10.0, 14.99, 1.0]))
+    assert idx.tolist() == [280, 380, 479, 200]
+
+
+def test_losses_on_hand_computed_values():
+    mu, log_sigma, y = torch.tensor([1.0]), torch.tensor([math.log(2.0)]), torch.tensor([3.0])
+    # original: ½((y−μ)²/(σ²+1e-3) + log σ) = ½(4/4.001 + log 2)
+    assert models.original_loss(mu, log_sigma, y).item() == pytest.approx(0.5 * (4 / 4.001 + math.log(2)), rel=1e-6)
+    # exact: ½ log 2π + log σ + ½ (r/σ)² = ½ log 2π + log 2 + ½
+    assert models.gaussian_nll(mu, log_sigma, y).item() == pytest.approx(
+        0.5 * math.log(2 * math.pi) + math.log(2) + 0.5, rel=1e-6)
+    # the original loss is minimised at σ² ≈ 2 r², the exact NLL at σ² = r²
+    grid = torch.linspace(-3, 3, 6001)
+    r = torch.tensor(1.5)
+    best_orig = grid[models.original_loss(torch.zeros(()), grid, r).argmin()]
+    best_exact = grid[models.gaussian_nll(torch.zeros(()), grid, r).argmin()]
+    assert math.exp(2 * best_orig) == pytest.approx(2 * 1.5 ** 2, rel=0.01)
+    assert math.exp(2 * best_exact) == pytest.approx(1.5 ** 2, rel=0.01)
+    # masking: only target points count
+    out = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
+    tgt = torch.tensor([[[1.0, 0.0], [2.0, 1.0]]])
+    assert models.masked_loss("exact")(out, tgt).item() == pytest.approx(0.5 * math.log(2 * math.pi) + 2.0)
+
+
+def test_training_regimes():
+    p = gp.make_pairs(8, 12, seed=0)
+    cfg = gpx.Config(n_points=12, context=3, context_p=2, batch=4)
+    for regime in gpx.REGIMES:
+        b = gpx.Batches(p, regime, cfg, 2, seed=0)
+        batches = list(b)
+        assert len(batches) == 2
+        inp, tgt = batches[0]
+        assert inp.shape == (4, 12, 3) and tgt.shape == (4, 12, 2)
+        assert (tgt[..., 1] == (torch.arange(12) >= 3).float()).all()
+        assert torch.equal(tgt[..., 0], inp[..., 2])
+        if regime == "full_infer":  # series 1 sorted, then series 0 sorted
+            assert (inp[:, :6, 1] == 1).all() and (inp[:, :6, 0].diff(dim=1) >= 0).all()
+    with pytest.raises(ValueError, match="regime"):
+        gpx.arrange(b.raw[:2], b.srt[:2], "nope", torch.Generator())
