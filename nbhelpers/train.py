@@ -153,3 +153,21 @@ class Snapshots:
     def __call__(self, step: int, model: torch.nn.Module) -> None:
         if step in self.steps:
             self.record(step, model)
+
+
+@torch.no_grad()
+def classifier_metrics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, transform: Callable | None = None,
+                       batch: int = 1000, amp_dtype: torch.dtype | None = None) -> dict:
+    """Mean cross-entropy and accuracy of a classifier over (x, y) in chunks of ``batch``, in eval mode (restoring
+    the previous mode). ``transform`` maps a raw chunk to the model's input (e.g. uint8 -> normalised float)."""
+    was_training = model.training
+    model.eval()
+    loss, correct = torch.zeros((), device=y.device), torch.zeros((), device=y.device, dtype=torch.long)
+    for i in range(0, len(y), batch):
+        xb = x[i:i + batch] if transform is None else transform(x[i:i + batch])
+        with torch.autocast(xb.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(xb).float()
+        loss += torch.nn.functional.cross_entropy(out, y[i:i + batch], reduction="sum")
+        correct += (out.argmax(-1) == y[i:i + batch]).sum()
+    model.train(was_training)
+    return {"loss": float(loss) / len(y), "acc": float(correct) / len(y)}

@@ -1,0 +1,298 @@
+"""Chapter 4 experiment: the Ultimus network on CIFAR-10 — the original recipe (LR-range test → OneCycle), the
+ablations, a fixed-spec and a repaired model, their tables and figures. Data stay on the device
+(``images.DeviceBatches``), training goes through ``train.fit`` (divergence guard included)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+
+from .. import lr_range
+from .. import train as training
+from ..data import images
+from ..models import ultimus as U
+from ..viz import plots
+
+# the original's normalisation statistics and augmentation (pad 40 reflect + crop 32, flip, one 16×16 hole p .5
+# filled with the mean)
+STATS = ((0.4942, 0.4851, 0.4504), (0.2467, 0.2429, 0.2616))
+AUGMENT = images.Augment(crop_padding=4, crop_mode="reflect", flip=True, erase_size=16, erase_p=0.5)
+ORIGINAL_MAX_LR = 0.02477
+ORIGINAL = {"acc_epoch1": 18.29, "acc_epoch2": 18.51, "acc_epoch3": 18.72, "final_acc": 12.99,
+            "diverged_epoch": 4, "diverged_loss": 53_460, "best_public": 62.25}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimiser + OneCycle (per step). The original: Adam with coupled weight decay 5e-3, batch 512, max_lr from
+    the range test, pct_start 5/24, div_factor 10, final_div_factor 10, linear annealing."""
+
+    name: str
+    max_lr: float = ORIGINAL_MAX_LR
+    optimizer: str = "adam"         # adam (L2 added to the gradient, as the original) | adamw (decoupled)
+    weight_decay: float = 5e-3
+    batch_size: int = 512
+    pct_start: float = 5 / 24
+    div_factor: float = 10.0
+    final_div_factor: float = 10.0
+    label_smoothing: float = 0.0
+
+    def optimizer_for(self, params, fused: bool = False) -> torch.optim.Optimizer:
+        cls = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
+        return cls(params, lr=self.max_lr / self.div_factor, weight_decay=self.weight_decay,
+                   **({"fused": True} if fused else {}))
+
+    def scheduler_for(self, opt, total_steps: int):
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=self.max_lr, total_steps=total_steps, pct_start=self.pct_start, anneal_strategy="linear",
+            div_factor=self.div_factor, final_div_factor=self.final_div_factor)
+
+
+def original(max_lr: float = ORIGINAL_MAX_LR, batch_size: int = 512) -> Recipe:
+    return Recipe("original", max_lr=max_lr, batch_size=batch_size)
+
+
+def working(max_lr: float = 0.01, batch_size: int = 512) -> Recipe:
+    """The recipe of the fixed-spec and repaired models: AdamW (decoupled decay), a moderate peak, label
+    smoothing; same batch, same OneCycle shape."""
+    return Recipe("working", max_lr=max_lr, optimizer="adamw", weight_decay=0.05, batch_size=batch_size,
+                  label_smoothing=0.1)
+
+
+def schedule(recipe: Recipe, total_steps: int) -> pd.DataFrame:
+    """The learning rate of every step of a OneCycle run (without training)."""
+    opt = recipe.optimizer_for([torch.zeros(1, requires_grad=True)])
+    sched = recipe.scheduler_for(opt, total_steps)
+    lrs = []
+    for _ in range(total_steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return pd.DataFrame({"step": np.arange(total_steps), "lr": lrs})
+
+
+def load(n_train: int = 0, n_test: int = 0) -> images.ImageData:
+    return images.load("cifar10").subset(n_train or None, n_test or None)
+
+
+def train_batches(data: images.ImageData, batch_size: int, device, seed: int = 0, augment: bool = True,
+                  drop_last: bool = False) -> images.DeviceBatches:
+    return images.DeviceBatches(data.x_train, data.y_train, batch_size, device, STATS,
+                                AUGMENT if augment else None, seed=seed, drop_last=drop_last)
+
+
+def test_tensors(data: images.ImageData, device):
+    """Test images as a uint8 N×C×H×W tensor and labels, on the device."""
+    return (torch.as_tensor(data.x_test).permute(0, 3, 1, 2).contiguous().to(device),
+            torch.as_tensor(data.y_test).to(device))
+
+
+class Tally:
+    """Cross-entropy loss that also counts training accuracy (on the device, no sync) until ``take()``."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing, self.correct, self.seen = label_smoothing, 0, 0
+
+    def __call__(self, out, y):
+        self.correct = self.correct + (out.detach().argmax(-1) == y).sum()
+        self.seen += len(y)
+        return F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
+
+    def take(self) -> float:
+        acc = float(self.correct) / self.seen if self.seen else float("nan")
+        self.correct, self.seen = 0, 0
+        return acc
+
+
+# ---------------------------------------------------------------- LR-range test
+
+def range_test(data: images.ImageData, recipe: Recipe, device, split: str = "test", steps: int = 100,
+               start_lr: float = 1e-5, end_lr: float = 10.0, seed: int = 0, variant: str = "faithful") -> pd.DataFrame:
+    """The range test on the faithful model with the recipe's optimiser. The original ran it on the *test* set
+    (split "test"); "train" uses augmented training batches."""
+    torch.manual_seed(seed)
+    model = U.build(variant).to(device)
+    if split == "test":
+        source = images.DeviceBatches(data.x_test, data.y_test, recipe.batch_size, device, STATS, seed=seed)
+    else:
+        source = train_batches(data, recipe.batch_size, device, seed)
+    return lr_range.range_test(model, lambda p: recipe.optimizer_for(p), source, torch.nn.functional.cross_entropy,
+                               start_lr=start_lr, end_lr=end_lr, steps=steps, device=device)
+
+
+# ---------------------------------------------------------------- training
+
+@dataclass
+class UltimusRun:
+    label: str
+    variant: str
+    recipe: Recipe
+    params: int
+    history: training.History
+    curve: pd.DataFrame             # per epoch: epoch, train_loss, train_acc, test_loss, test_acc
+    model: torch.nn.Module = field(repr=False, default=None)
+
+    @property
+    def final_acc(self) -> float:
+        s = self.curve.test_acc.dropna()
+        return float(s.iloc[-1]) if len(s) else float("nan")
+
+    @property
+    def max_acc(self) -> float:
+        s = self.curve.test_acc.dropna()
+        return float(s.max()) if len(s) else float("nan")
+
+
+def fast_model(model: torch.nn.Module, device: torch.device, fast) -> torch.nn.Module:
+    """The fast path: channels-last + torch.compile — on CUDA in mode "reduce-overhead" (Inductor kernels replayed
+    as CUDA graphs; static shapes, hence drop_last). ``fast``: True, False or "auto" (CUDA only: on a CPU the
+    compile time does not pay back at this size)."""
+    on = device.type == "cuda" if fast == "auto" else bool(fast)
+    if not on:
+        return model
+    model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
+
+
+def train(data: images.ImageData, variant: str, recipe: Recipe, epochs: int, device, seed: int = 0,
+          label: str | None = None, diverge_factor: float | None = 20.0, fast="auto", evaluate: bool = True,
+          **model_kw) -> UltimusRun:
+    """Train one variant with one recipe; test loss/accuracy and training accuracy after every epoch. The guard
+    stops the run when the training loss exceeds ``diverge_factor`` × the first loss, or is NaN/inf."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = U.build(variant, **model_kw).to(device)
+    stepper = fast_model(model, device, fast)
+    compiled = stepper is not model
+    batches = train_batches(data, recipe.batch_size, device, seed, drop_last=compiled)  # static shapes when compiled
+    opt = recipe.optimizer_for(model.parameters(), fused=compiled and device.type == "cuda")
+    sched = recipe.scheduler_for(opt, epochs * len(batches))
+    tally = Tally(recipe.label_smoothing)
+    x_test, y_test = test_tensors(data, device)
+
+    def metrics(_):
+        m = training.classifier_metrics(model, x_test, y_test, lambda x: batches.normalise(x.float().div(255)))
+        return {"train_acc": tally.take(), "test_loss": m["loss"], "test_acc": m["acc"]}
+
+    hist = training.fit(stepper, opt, batches, tally, epochs=epochs, scheduler=sched, scheduler_per="step",
+                        device=device, diverge_factor=diverge_factor, progress=False,
+                        evaluate=metrics if evaluate else None, desc=label or variant)
+    df = hist.df.reindex(columns=["epoch", "train_loss", "train_acc", "test_loss", "test_acc"])
+    curve = (df.groupby("epoch").agg(train_loss=("train_loss", "mean"), train_acc=("train_acc", "last"),
+                                     test_loss=("test_loss", "last"), test_acc=("test_acc", "last"))
+             .reset_index().assign(epoch=lambda d: d.epoch + 1))
+    return UltimusRun(label or variant, variant, recipe, U.count_params(model), hist, curve, model)
+
+
+# ---------------------------------------------------------------- tables
+
+def table(runs: list[UltimusRun]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        h = r.history
+        rows.append({"run": r.label, "model": r.variant, "params": r.params, "recipe": r.recipe.name,
+                     "max_lr": r.recipe.max_lr, "epochs run": int(r.curve.epoch.max()) if len(r.curve) else 0,
+                     "final test acc %": 100 * r.final_acc, "max test acc %": 100 * r.max_acc,
+                     "diverged at step": h.stopped_at if not h.ok else np.nan,
+                     "status": "ok" if h.ok else h.status})
+    return pd.DataFrame(rows)
+
+
+def styled(df: pd.DataFrame):
+    return plots.table_style(df).format({"final test acc %": "{:.2f}", "max test acc %": "{:.2f}",
+                                         "params": "{:,.0f}", "max_lr": "{:.3g}", "diverged at step": "{:.0f}"},
+                                        na_rep="—")
+
+
+def comparison(a: float, b: float, tol: float = 0.5) -> str:
+    """'above', 'below' or 'about level with' (a vs b, in the same units; tol = what counts as level)."""
+    return "about level with" if abs(a - b) <= tol else ("above" if a > b else "below")
+
+
+# ---------------------------------------------------------------- figures
+
+def _grid(n: int, cols: int = 8, size: float = 1.3):
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3), squeeze=False)
+    for ax in axes.flat:
+        ax.set(xticks=[], yticks=[])
+        ax.grid(False)
+    return fig, axes
+
+
+def plot_batch(batches: images.DeviceBatches, classes, n: int = 32):
+    """The first n images of one augmented training batch, un-normalised back to pixels."""
+    x, y = next(iter(batches))
+    show = batches.denormalise(x[:n]).permute(0, 2, 3, 1).cpu().numpy()
+    fig, axes = _grid(len(show))
+    for ax, img, label in zip(axes.flat, show, y[:n].tolist()):
+        ax.imshow(img)
+        ax.set_title(classes[label], fontsize="x-small")
+    for ax in axes.flat[len(show):]:
+        ax.axis("off")
+    fig.suptitle("augmented training batch (reflect-pad 4 + crop 32, flip, 16×16 mean-filled hole)",
+                 fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_range(df: pd.DataFrame, marks: dict):
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    lr_range.plot(ax, df, marks)
+    fig.tight_layout()
+    return fig
+
+
+def plot_schedules(schedules: dict):
+    """schedules: {label: DataFrame(step, lr)}."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for label, df in schedules.items():
+        ax.plot(df.step, df.lr, label=label)
+    ax.set(xlabel="step", ylabel="learning rate", title="OneCycle schedule (stepped per batch)", yscale="log")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(runs: list[UltimusRun]):
+    """Train/test loss and accuracy per epoch; a cross marks where the guard stopped a run."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for i, r in enumerate(runs):
+        c, color = r.curve, f"C{i % 10}"
+        axes[0].plot(c.epoch, c.train_loss, color=color, marker="o", ms=3, label=r.label)
+        axes[0].plot(c.epoch, c.test_loss, color=color, ls="--", marker="s", ms=3)
+        axes[1].plot(c.epoch, 100 * c.train_acc, color=color, marker="o", ms=3, label=r.label)
+        axes[2].plot(c.epoch, 100 * c.test_acc, color=color, marker="o", ms=3, label=r.label)
+        if not r.history.ok and len(c):
+            axes[0].plot(c.epoch.iloc[-1], c.train_loss.iloc[-1], "x", color=color, ms=10, mew=2)
+    axes[0].set(xlabel="epoch", ylabel="loss (solid train, dashed test)", yscale="log", title="loss")
+    axes[1].set(xlabel="epoch", ylabel="accuracy %", title="training accuracy (augmented)")
+    axes[2].set(xlabel="epoch", ylabel="accuracy %", title="test accuracy")
+    axes[2].legend(fontsize="x-small", loc="best")
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def plot_misclassified(run: UltimusRun, data: images.ImageData, n: int = 24):
+    """Test images the model gets wrong, titled "pred / true"."""
+    model = run.model.eval()
+    device = next(model.parameters()).device
+    x, y = test_tensors(data, device)
+    mean, std = (torch.tensor(s, device=device).view(1, -1, 1, 1) for s in STATS)
+    pred = torch.cat([model((x[i:i + 1000].float() / 255 - mean) / std).argmax(-1) for i in range(0, len(y), 1000)])
+    wrong = torch.nonzero(pred != y).flatten()[:n].cpu()
+    fig, axes = _grid(max(len(wrong), 1))
+    for ax, i in zip(axes.flat, wrong.tolist()):
+        ax.imshow(data.x_test[i])
+        ax.set_title(f"{data.classes[int(pred[i])]} / {data.classes[int(y[i])]}", fontsize="x-small")
+    for ax in axes.flat[len(wrong):]:
+        ax.axis("off")
+    fig.suptitle(f"misclassified test images, {run.label} (pred / true)", fontsize="small")
+    fig.tight_layout()
+    model.train()
+    return fig

@@ -1,0 +1,129 @@
+"""Chapter 4 models: the "Ultimus" network on CIFAR-10, faithful to its spec, with a switch per ablation, plus a
+fixed-spec and a repaired variant.
+
+The spec: three 3×3 convs 3→16→32→48 (padding 0: 32→30→28→26), global average pooling → X (48); four Ultimus
+blocks — K, Q, V = Linear(48→8, no bias), AM = softmax(QᵀK/√8) (an 8×8 outer product, softmax over the Q index),
+Z = V·AM (8), Out = Linear(8→48, no bias) — wired u1 = U1(X), u2 = U2(X+u1), u3 = U3(X+u2), u4 = U4(X+u3); then
+FC(48→10, no bias) on u4. The original convs have no bias, no BatchNorm and no ReLU. That is 25,488 parameters.
+
+Switches (``build(...)`` keywords; defaults = the original):
+- ``conv``: "linear" (original) | "bn_relu" (each conv followed by BatchNorm + ReLU).
+- ``tokens``: False (original: attend over the 8 features of the single pooled vector) | True (every spatial
+  position of the conv map is a token; Ultimus attention runs across tokens, softmax over the key tokens, and the
+  pooling comes after the blocks). ``token_pool`` average-pools the map first (26 → 13 with 2) to bound the cost.
+- ``scale``: "inside" (softmax(QᵀK/√8), as the formula says) | "after" (softmax(QᵀK)/√8: the spec's typo).
+- ``pool``: 0 (original, padding 0, no downsampling) | k: padding 1 and a k×k max-pool after the 2nd and 3rd convs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import count_params  # noqa: F401  (re-exported)
+
+CONVS = ("linear", "bn_relu")
+SCALES = ("inside", "after")
+WIDTHS = (16, 32, 48)
+PARAMS_FAITHFUL = 25_488
+
+
+class UltimusBlock(nn.Module):
+    """One Ultimus block: K, Q, V = Linear(dim→d), attention, Out = Linear(d→dim), all without bias.
+
+    Input (B, dim) — the original: AM[b] = softmax over i of q_i k_j / √d (an outer product; i indexes Q), and
+    Z_j = Σ_i v_i AM[i, j]. Input (B, T, dim) — tokens: standard attention across the T tokens, AM = softmax over
+    keys of Q Kᵀ / √d, Z = AM V. ``scale="after"`` divides the softmax output by √d instead (the spec's typo).
+    """
+
+    def __init__(self, dim: int = 48, d: int = 8, scale: str = "inside"):
+        super().__init__()
+        if scale not in SCALES:
+            raise ValueError(f"scale={scale!r} is not allowed; choose one of {', '.join(SCALES)}")
+        self.k, self.q, self.v = (nn.Linear(dim, d, bias=False) for _ in range(3))
+        self.out = nn.Linear(d, dim, bias=False)
+        self.d, self.scale = d, scale
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention matrix AM: (B, d, d) for one vector per image, (B, T, T) for tokens."""
+        q, k = self.q(x), self.k(x)
+        s = 1.0 if self.scale == "after" else 1 / math.sqrt(self.d)
+        if x.dim() == 2:  # outer product q_i k_j; softmax over the Q index i (dim 1)
+            am = torch.softmax(q[:, :, None] * k[:, None, :] * s, dim=1)
+        else:             # tokens: rows are queries, softmax over the key tokens
+            am = torch.softmax(q @ k.transpose(1, 2) * s, dim=-1)
+        return am / math.sqrt(self.d) if self.scale == "after" else am
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        am, v = self.attention(x), self.v(x)
+        z = (v[:, None, :] @ am)[:, 0] if x.dim() == 2 else am @ v  # Z = V·AM (B, d) | AM V (B, T, d)
+        return self.out(z)
+
+
+def conv_stack(conv: str = "linear", widths=WIDTHS, pool: int = 0) -> nn.Sequential:
+    """3×3 convs 3→w1→w2→w3 without bias; "bn_relu" adds BatchNorm + ReLU after each; ``pool`` > 0 pads by 1 and
+    max-pools after the 2nd and 3rd convs (32 → 16 → 8 with 2)."""
+    if conv not in CONVS:
+        raise ValueError(f"conv={conv!r} is not allowed; choose one of {', '.join(CONVS)}")
+    layers, c_in = [], 3
+    for i, c in enumerate(widths):
+        layers.append(nn.Conv2d(c_in, c, 3, padding=1 if pool else 0, bias=False))
+        if conv == "bn_relu":
+            layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        if pool and i >= 1:
+            layers.append(nn.MaxPool2d(pool))
+        c_in = c
+    return nn.Sequential(*layers)
+
+
+class Ultimus(nn.Module):
+    """convs → (pool → 4 Ultimus blocks | 4 token blocks → pool) → FC(→10, no bias) on u4 (``head_skip``: on
+    X + u4)."""
+
+    def __init__(self, conv: str = "linear", tokens: bool = False, scale: str = "inside", pool: int = 0,
+                 token_pool: int = 1, blocks: int = 4, d: int = 8, widths=WIDTHS, num_classes: int = 10,
+                 head_skip: bool = False):
+        super().__init__()
+        self.head_skip = head_skip
+        self.features = conv_stack(conv, widths, pool)
+        self.tokens, self.token_pool = tokens, token_pool
+        self.blocks = nn.ModuleList(UltimusBlock(widths[-1], d, scale) for _ in range(blocks))
+        self.fc = nn.Linear(widths[-1], num_classes, bias=False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """X: (B, 48) pooled features, or (B, T, 48) spatial tokens."""
+        f = self.features(x)
+        if not self.tokens:
+            return f.mean((2, 3))
+        if self.token_pool > 1:
+            f = nn.functional.avg_pool2d(f, self.token_pool)
+        return f.flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        X = self.embed(x)
+        u = self.blocks[0](X)
+        for block in self.blocks[1:]:  # u2 = U2(X + u1), u3 = U3(X + u2), u4 = U4(X + u3)
+            u = block(X + u)
+        if self.head_skip:  # FC(X + u4): the 48 features reach the classifier, not only u4's rank-8 image
+            u = X + u
+        if self.tokens:
+            u = u.mean(1)
+        return self.fc(u)
+
+
+VARIANTS = {
+    "faithful": dict(),
+    "bn_relu": dict(conv="bn_relu"),
+    "tokens": dict(tokens=True, token_pool=2),
+    "sqrt8_after": dict(scale="after"),
+    "fixed_spec": dict(conv="bn_relu"),
+    "repaired": dict(conv="bn_relu", tokens=True, pool=2, head_skip=True),
+}
+
+
+def build(variant: str = "faithful", **overrides) -> Ultimus:
+    """A named variant (see ``VARIANTS``) with optional keyword overrides."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is not allowed; choose one of {', '.join(VARIANTS)}")
+    return Ultimus(**{**VARIANTS[variant], **overrides})
