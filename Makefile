@@ -7,7 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: book chapter test venv clean help
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: book chapter test venv browser clean help
 
 help:
 	@echo "make book [PROFILE=quick|smoke|full]   execute every chapter with papermill, build _build/html"
@@ -30,7 +32,13 @@ chapter: $(STAMP)
 	@test -n "$(NB)" || (echo "usage: make chapter NB=01 [PROFILE=quick] [P='-p name value']" && exit 2)
 	$(PY) -m nbhelpers.book --profile $(PROFILE) --only $(NB) $(P)
 
-test: $(STAMP)
+# Debian's headless Chromium for the real-browser test (playwright drives it; it never downloads a browser)
+browser:
+	@test -x $(CHROMIUM) || (echo "installing Debian's chromium for the browser test" && \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)))
+	@test -x $(CHROMIUM) || (echo "error: $(CHROMIUM) missing and could not be installed (apt-get install chromium)" && exit 1)
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 clean:
