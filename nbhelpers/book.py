@@ -12,6 +12,7 @@ the previous executed copies and the previous HTML in place.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -127,6 +128,38 @@ def stage_sources(root: Path, stage: Path) -> None:
     (stage / "notebooks").mkdir(exist_ok=True)
     shutil.copy2(root / "_config.yml", stage / "_config.yml")
     _atomic_copy_tree(root / "book", stage / "book")
+    (stage / "book" / "parameters.md").write_text(parameter_reference(root))  # generated, never committed
+
+
+def _type_name(p: dict) -> str:
+    if p.get("inferred_type_name") not in (None, "None"):
+        return p["inferred_type_name"]
+    try:
+        return type(ast.literal_eval(p["default"])).__name__
+    except (ValueError, SyntaxError):
+        return "expression"
+
+
+def parameter_reference(root: Path) -> str:
+    """Markdown page listing every notebook's papermill parameters (from its ``parameters`` cell): name, type,
+    full default, the smoke/quick overrides, and the meaning/allowed values from the cell's comments."""
+    profiles = {p: load_profile(root, p) for p in ("quick", "smoke")}
+    out = ["# Parameter reference", "",
+           "Every chapter is a papermill-parameterised notebook. The defaults below are the **full** experiment; the "
+           "`quick` and `smoke` columns are the overrides of `book/profiles/`. Pass your own with "
+           "`make chapter NB=01 P=\"-p name value\"`, `python -m nbhelpers.book --only 01 -p name value` or "
+           "`papermill in.ipynb out.ipynb -p name value`. Unknown names and bad values fail before any compute, "
+           "with a message naming the parameter and what is allowed.", ""]
+    for nb in sorted((root / "notebooks").glob("*.ipynb")):
+        out += [f"## `{nb.name}`", "", "| parameter | type | full default | quick | smoke | meaning and allowed values |",
+                "|---|---|---|---|---|---|"]
+        for name, p in declared_parameters(nb).items():
+            cells = [f"`{p['default']}`"] + [f"`{profiles[k].get(nb.stem, {})[name]}`"
+                                              if name in profiles[k].get(nb.stem, {}) else "" for k in ("quick", "smoke")]
+            help_ = p["help"].replace("|", "\\|")
+            out.append(f"| `{name}` | {_type_name(p)} | {' | '.join(cells)} | {help_} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def write_toc(root: Path, stage: Path) -> None:

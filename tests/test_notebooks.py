@@ -58,6 +58,26 @@ def test_smoke_book_is_complete(smoke_book):
         assert f"{colab}/blob/main/notebooks/{nb.name}" in text
 
 
+def test_parameter_reference_page_lists_every_declared_parameter(smoke_book):
+    import papermill
+
+    text = (smoke_book[0] / "html" / "book" / "parameters.html").read_text()
+    for nb in NOTEBOOKS:
+        assert nb.name in text
+        for name in papermill.inspect_notebook(str(nb)):
+            assert f"<code class=\"docutils literal notranslate\"><span class=\"pre\">{name}</span></code>" in text, name
+
+
+def test_parameters_cells_parse_completely():
+    """papermill must see every assignment of the parameters cell (its parser skips lines it cannot read)."""
+    import papermill
+
+    for nb in NOTEBOOKS:
+        cell = next(c for c in json.loads(nb.read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
+        assigned = [l.split("=")[0].strip() for l in "".join(cell["source"]).splitlines() if re.match(r"^\w+ *=", l)]
+        assert list(papermill.inspect_notebook(str(nb))) == assigned, nb.name
+
+
 def test_smoke_chapter1_outputs(smoke_book):
     out, _ = smoke_book
     stage = out / "book" / "notebooks"
