@@ -296,3 +296,75 @@ def plot_misclassified(run: UltimusRun, data: images.ImageData, n: int = 24):
     fig.tight_layout()
     model.train()
     return fig
+
+
+# ---------------------------------------------------------------- diagnosis helpers and glue
+
+DESCRIPTIONS = {
+    "faithful": "linear convs, attention over the 8 features of X",
+    "bn_relu": "BN+ReLU convs",
+    "tokens": "attention across 13×13 spatial tokens, then pooling",
+    "sqrt8_after": "softmax(QᵀK)/√8 (the spec's typo)",
+    "fixed_spec": "the spec's shape with BN+ReLU convs, FC on X + u4",
+    "repaired": "padding + max-pool to 8×8, attention across 64 tokens, FC on X + u4",
+}
+
+
+def param_table() -> pd.DataFrame:
+    return pd.DataFrame({"params": {v: U.count_params(U.build(v)) for v in U.VARIANTS},
+                         "what changes": DESCRIPTIONS}).rename_axis("model")
+
+
+@torch.no_grad()
+def linear_map_residual(model: torch.nn.Module, n: int = 400, seed: int = 0) -> float:
+    """Relative least-squares residual of X = W · (average 7×7 patch of the image), fitted on n random images:
+    ~1e-7 for the faithful (linear, bias-free) stack, i.e. X is exactly such a map."""
+    device = next(model.parameters()).device
+    x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    was_training = model.training
+    X = model.eval().embed(x.to(device)).double().cpu()
+    model.train(was_training)
+    patches = F.unfold(x, 7).mean(-1).double()  # (n, 147)
+    W = torch.linalg.lstsq(patches, X).solution
+    return float((patches @ W - X).norm() / X.norm())
+
+
+def outcome(r: UltimusRun) -> str:
+    h = r.history
+    if h.ok:
+        return f"it trained all {int(r.curve.epoch.max())} epochs without tripping the guard"
+    return f"the guard stopped it — {h.reason}"
+
+
+def glue_run(res, key: str, r: UltimusRun) -> None:
+    """<key>_final, <key>_max (test accuracy %), <key>_outcome (a sentence), <key>_params."""
+    res.glue(f"{key}_final", 100 * r.final_acc)
+    res.glue(f"{key}_max", 100 * r.max_acc)
+    res.glue(f"{key}_outcome", outcome(r))
+    res.glue(f"{key}_params", r.params)
+
+
+def diagnosis_text(faithful: UltimusRun, ablation_runs: dict) -> str:
+    """One sentence per ablation, with its outcome and final accuracy against the faithful run's — computed,
+    so it stays true whatever the profile."""
+    f = 100 * faithful.final_acc
+    parts = []
+    for r in ablation_runs.values():
+        a = 100 * r.final_acc
+        status = ("trained through" if r.history.ok else
+                  f"was stopped by the guard at step {r.history.stopped_at} ({r.history.status})")
+        parts.append(f"{r.label}: {status}, final test accuracy {a:.2f} %, "
+                     f"{comparison(a, f)} the faithful run's {f:.2f} %.")
+    return " ".join(parts) if parts else "No ablation rows were run in this profile."
+
+
+ABLATIONS = ("low_lr", "bn_relu", "tokens", "sqrt8_after")
+
+
+def ablation(name: str, peak: float, batch_size: int, low_lr_factor: float = 0.1) -> tuple[str, Recipe, str]:
+    """(variant, recipe, label) of one ablation row: the faithful run with one thing changed."""
+    recipe = original(peak, batch_size)
+    return {"low_lr": ("faithful", replace(recipe, max_lr=peak * low_lr_factor), f"lower peak ({low_lr_factor:g}×)"),
+            "bn_relu": ("bn_relu", recipe, "BN+ReLU convs"),
+            "tokens": ("tokens", recipe, "attention over spatial tokens"),
+            "sqrt8_after": ("sqrt8_after", recipe, "√8 after softmax (typo)")}[name]

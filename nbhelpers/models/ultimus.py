@@ -117,7 +117,7 @@ VARIANTS = {
     "bn_relu": dict(conv="bn_relu"),
     "tokens": dict(tokens=True, token_pool=2),
     "sqrt8_after": dict(scale="after"),
-    "fixed_spec": dict(conv="bn_relu"),
+    "fixed_spec": dict(conv="bn_relu", head_skip=True),
     "repaired": dict(conv="bn_relu", tokens=True, pool=2, head_skip=True),
 }
 
