@@ -5,6 +5,7 @@ import os
 import platform
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +77,18 @@ class Run:
     def as_dict(self) -> dict:
         return {"profile": self.profile, "seed": self.seed, "device": self.device.type,
                 "versions": self.versions, "wall_s": round(self.wall_s, 2)}
+
+
+@contextmanager
+def threads(n: int):
+    """Use ``n`` intra-op CPU threads inside the block (tiny models run fastest, and share a busy machine best, on
+    one), then restore the previous setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def start(profile: str, seed: int, device: str = "auto") -> Run:

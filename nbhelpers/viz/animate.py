@@ -75,12 +75,13 @@ def write_gif(frames, path, fps: float = 10, max_frames: int = MAX_FRAMES, max_b
 
 
 def surface_gif(surfaces, titles, extent, path, X=None, y=None, classification: bool = True,
-                vlim: float | None = 1.0, fps: float = 8, size: float = 3.6, dpi: int = 80, **kw) -> Path:
+                vlim: float | None = 1.0, fps: float = 8, size: float | tuple = 3.6, dpi: int = 80, **kw) -> Path:
     """GIF of a model's output surface over training: one (n, n) array and one title per frame, with the data
-    points (X, y) drawn on top. P(class 1) in [0, 1] for classification, a symmetric range otherwise."""
+    points (X, y) drawn on top. P(class 1) in [0, 1] for classification, a symmetric range otherwise. ``size``: the
+    figure's side in inches, or (width, height) for a non-square extent."""
     from . import plots
 
-    fig, ax = plt.subplots(figsize=(size, size), dpi=dpi)
+    fig, ax = plt.subplots(figsize=(size, size) if np.isscalar(size) else tuple(size), dpi=dpi)
     im = plots.image(ax, np.asarray(surfaces[0], np.float32), extent, classification=classification, vlim=vlim)
     if X is not None:
         plots.points(ax, X, y, classification=classification, size=5)

@@ -37,6 +37,16 @@ def surface(ax, xx, yy, z, classification: bool = True, levels: int = 21, vlim: 
     return cs
 
 
+def bands(z, levels: int = 21, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """Quantise values to the mid-points of ``surface``'s filled-contour bands (``levels`` edges from vmin to vmax),
+    so an ``image`` (e.g. a GIF frame) looks like filled contours; it also makes GIFs compress far better. NaN stays
+    NaN; values outside the range take the end bands."""
+    z = np.asarray(z, dtype=np.float32)
+    width = (vmax - vmin) / (levels - 1)
+    k = np.clip(np.floor((z - vmin) / width), 0, levels - 2)
+    return (vmin + (k + 0.5) * width).astype(np.float32)
+
+
 def image(ax, z, extent, classification: bool = True, vlim: float | None = None):
     """Fast imshow version of ``surface`` (for animation frames): returns the AxesImage to update."""
     vmin, vmax = (0.0, 1.0) if classification else (-(vlim or 1.0), vlim or 1.0)
@@ -44,6 +54,17 @@ def image(ax, z, extent, classification: bool = True, vlim: float | None = None)
                    interpolation="bilinear")
     ax.set(xticks=[], yticks=[])
     return im
+
+
+def panels(n: int, cols: int, size=(3.0, 2.5), **kw):
+    """A figure with ``n`` panels of ``size`` inches in rows of ``cols`` (spare axes switched off); ``kw`` go to
+    ``plt.subplots`` (e.g. sharey=True). Returns (fig, list of the n axes)."""
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False, **kw)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
 
 
 def unit_grid(layers: dict, extent, panel: float = 1.05, title: str = ""):

@@ -1,0 +1,500 @@
+"""Chapter 5 experiment: the two-moons MLP with every activation variant, over seeds.
+
+The notebook calls ``load`` / ``run_all`` / ``summarise`` and the figure functions below; nothing else about the
+experiment lives in the notebook. The recipe is the original's: all training points in one batch, BCE-with-logits,
+AdamW (lr 0.01, default weight decay 0.01), a fixed number of steps; ``train.fit``'s guard stops a run whose loss
+becomes NaN/inf and records the step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from torch.nn import functional as F
+
+from .. import runtime
+from .. import train as training
+from ..data import moons
+from ..models import activations as models
+from ..viz import animate, plots
+
+LAYERS = ("fc1", "fc2", "fc3")
+
+
+def load(n: int = 100, noise: float = 0.1, data_seed: int = 42, heldout_n: int = 1000, heldout_seed: int = 1,
+         grid_n: int = 200) -> dict:
+    """Training moons (the original's), an independent held-out draw, and the plot grid spanning the data ±0.5."""
+    if heldout_seed == data_seed:
+        raise ValueError(f"heldout_seed={heldout_seed} must differ from data_seed={data_seed} "
+                         "(otherwise the held-out moons repeat the training points)")
+    X, y = moons.make(n, noise, data_seed)
+    X_test, y_test = moons.make(heldout_n, noise, heldout_seed)
+    xx, yy, pts, extent = moons.grid(X, grid_n)
+    return {"X": X, "y": y, "X_test": X_test, "y_test": y_test, "xx": xx, "yy": yy, "grid": pts,
+            "extent": extent}
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of points on the right side of logit 0; a NaN logit counts as wrong."""
+    logits = logits.squeeze(-1)
+    right = ((logits > 0).float() == y) & ~torch.isnan(logits)
+    return float(right.float().mean())
+
+
+def count_regions(labels: np.ndarray) -> int:
+    """Connected areas (4-neighbour) of equal label on a 2-D grid of integer labels."""
+    labels = np.asarray(labels)
+    ny, nx = labels.shape
+    idx = np.arange(ny * nx).reshape(ny, nx)
+    right, down = labels[:, :-1] == labels[:, 1:], labels[:-1] == labels[1:]
+    rows = np.concatenate([idx[:, :-1][right], idx[:-1][down]])
+    cols = np.concatenate([idx[:, 1:][right], idx[1:][down]])
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(ny * nx, ny * nx))
+    return int(connected_components(graph, directed=False)[0])
+
+
+def arrangement_bound(lines: int) -> int:
+    """Most regions that ``lines`` lines can cut the plane into: 1 + n + n(n-1)/2."""
+    return 1 + lines + lines * (lines - 1) // 2
+
+
+def pattern_ids(pattern: np.ndarray) -> np.ndarray:
+    """One integer per row of a (points, k) pattern array: equal rows get equal ids (a hash of the pattern)."""
+    return np.unique(np.asarray(pattern), axis=0, return_inverse=True)[1].ravel()
+
+
+def grid_maps(model: models.MoonsNet, data: dict, device="cpu") -> dict:
+    """On the plot grid: P(class 1), predicted class (2 where the output is NaN) and linear-region ids (or None)."""
+    shape = data["xx"].shape
+    pts = torch.as_tensor(data["grid"], device=device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(pts).squeeze(-1).cpu().numpy()
+        pattern = model.pattern(pts)
+    model.train(was_training)
+    cls = np.where(np.isnan(logits), 2, logits > 0).astype(np.int64)
+    with np.errstate(over="ignore"):
+        prob = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    regions = None if pattern is None else pattern_ids(pattern.cpu().numpy()).reshape(shape)
+    return {"prob": prob.reshape(shape), "cls": cls.reshape(shape), "regions": regions}
+
+
+def expressivity(model: models.MoonsNet, data: dict, device="cpu") -> tuple[int | None, int]:
+    """(linear regions, decision regions) on the plot grid.
+
+    Linear regions: connected areas where the activation pattern (``model.pattern``) is constant, i.e. where a
+    piecewise-linear variant is one affine map (sgn: one constant). None for smooth variants. Decision regions:
+    connected areas of each predicted class. Both are counts at grid resolution (lower bounds: a region thinner than
+    a grid cell is missed).
+    """
+    maps = grid_maps(model, data, device)
+    linear = None if maps["regions"] is None else count_regions(maps["regions"])
+    return linear, count_regions(maps["cls"])
+
+
+@dataclass
+class MoonsRun:
+    variant: str
+    seed: int
+    model: models.MoonsNet
+    history: training.History
+    steps: int                       # steps asked for
+    steps_to_fit: int | None         # optimiser steps until the training accuracy first reached 100 %
+    train_acc: float                 # final, on the training points
+    train_loss: float
+    heldout_acc: float
+    grad_norms: np.ndarray           # (steps taken, 3): gradient norm of fc1, fc2, fc3 at each step
+    linear_regions: int | None
+    decision_regions: int
+    snapshots: training.Snapshots | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return not self.history.ok
+
+    @property
+    def fitted(self) -> bool:
+        """Ends the run at 100 % training accuracy (a run that reached it and lost it again does not count)."""
+        return not self.diverged and self.train_acc == 1.0
+
+    @property
+    def outcome(self) -> str:
+        if self.diverged:
+            return f"diverged at step {self.history.stopped_at}"
+        if self.steps_to_fit is None:
+            return "never"
+        return f"{self.steps_to_fit}" + ("" if self.fitted else " (lost later)")
+
+
+def _grad_norms(model) -> torch.Tensor:
+    return torch.stack([torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in getattr(model, n).parameters()]))
+                        for n in LAYERS])
+
+
+def surface_probe(data: dict, device="cpu"):
+    """A Snapshots probe: P(class 1) on the plot grid (float16 to save memory)."""
+    pts, shape = torch.as_tensor(data["grid"], device=device), data["xx"].shape
+
+    def probe(model):
+        return torch.sigmoid(model(pts)).reshape(shape).cpu().numpy().astype(np.float16)
+
+    return probe
+
+
+def train_one(data: dict, variant: str, seed: int, steps: int = 1000, lr: float = 0.01, frames: int = 0,
+              device="cpu") -> MoonsRun:
+    """One run of the original recipe; ``frames`` > 1 records that many surfaces (steps 0 ... steps) for a GIF."""
+    with runtime.threads(1):  # 100 points x 10 units: one CPU thread is fastest
+        return _train_one(data, variant, seed, steps, lr, frames, device)
+
+
+def _train_one(data, variant, seed, steps, lr, frames, device) -> MoonsRun:
+    model = models.build(variant, seed).to(device)
+    X, y = (torch.as_tensor(data[k], device=device) for k in ("X", "y"))
+    snaps = None
+    if frames > 1:
+        snaps = training.Snapshots(surface_probe(data, device), np.linspace(0, steps, frames).round()[1:])
+        snaps.record(0, model)
+    norms = []
+
+    def on_step(step, m):
+        norms.append(_grad_norms(m))
+        if snaps is not None:
+            snaps(step, m)
+
+    hist = training.fit(model, torch.optim.AdamW(model.parameters(), lr=lr), [(X, y)], loss_fn, epochs=steps,
+                        evaluate=lambda m: {"train_acc": accuracy(m(X), y)}, eval_every=1, on_step=on_step,
+                        device=device, progress=False)
+    if snaps is not None and not hist.ok:
+        snaps.record(hist.stopped_at, model)  # the state the guard stopped on
+    # a row's train_acc is measured after that row's optimiser step: first row at 100 % -> its step + 1 steps
+    df = hist.df
+    hit = df.step[df.train_acc == 1.0] if "train_acc" in df else df.step.iloc[:0]
+    model.eval()
+    with torch.no_grad():
+        logits = model(X)
+        loss, train_acc = float(loss_fn(logits, y)), accuracy(logits, y)
+        heldout = accuracy(model(torch.as_tensor(data["X_test"], device=device)),
+                           torch.as_tensor(data["y_test"], device=device))
+    linear, decision = expressivity(model, data, device)
+    return MoonsRun(variant, seed, model, hist, steps, int(hit.iloc[0]) + 1 if len(hit) else None, train_acc, loss,
+                    heldout, torch.stack(norms).cpu().numpy() if norms else np.zeros((0, 3)), linear, decision,
+                    snaps)
+
+
+def run_all(data: dict, variants, seeds, steps: int = 1000, lr: float = 0.01, frames: int = 0, device="cpu",
+            progress: bool = True) -> dict:
+    """Every variant x seed; frames are recorded for the first seed only. Returns {(variant, seed): MoonsRun}."""
+    from tqdm.std import tqdm
+
+    jobs = [(v, s) for v in variants for s in seeds]
+    return {(v, s): train_one(data, v, s, steps, lr, frames if s == seeds[0] else 0, device)
+            for v, s in tqdm(jobs, desc="runs", disable=not progress, mininterval=5)}
+
+
+def summarise(runs: dict) -> pd.DataFrame:
+    """One row per variant: the first seed's run as the original would report it, and statistics over all seeds."""
+    rows = []
+    for v in dict.fromkeys(k[0] for k in runs):
+        rs = [r for (vv, _), r in runs.items() if vv == v]
+        first, spec = rs[0], models.VARIANTS[v]
+        reached = [r.steps_to_fit for r in rs if r.steps_to_fit is not None]
+        held = np.array([r.heldout_acc for r in rs])
+        linear = [r.linear_regions for r in rs if r.linear_regions is not None]
+        rows.append({
+            "variant": v, "label": spec.label, "expected": spec.expected, "seeds": len(rs),
+            "first_seed": first.seed, "first_outcome": first.outcome,
+            "first_steps_to_fit": first.steps_to_fit if first.steps_to_fit is not None else np.nan,
+            "first_train_acc": 100 * first.train_acc, "first_train_loss": first.train_loss,
+            "fitted": sum(r.fitted for r in rs), "fit_rate": float(np.mean([r.fitted for r in rs])),
+            "reached": len(reached), "diverged": sum(r.diverged for r in rs),
+            "diverged_at": ", ".join(str(r.history.stopped_at) for r in rs if r.diverged),
+            "median_steps_to_fit": float(np.median(reached)) if reached else np.nan,
+            "heldout_mean": 100 * held.mean(), "heldout_sd": 100 * held.std(ddof=1) if len(held) > 1 else np.nan,
+            "linear_regions": float(np.median(linear)) if linear else np.nan,
+            "decision_regions": float(np.median([r.decision_regions for r in rs])),
+        })
+    return pd.DataFrame(rows)
+
+
+def _num(x, fmt="{:.0f}", missing="—"):
+    return missing if x is None or (isinstance(x, float) and np.isnan(x)) else fmt.format(x)
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The results table as the book shows it (strings, one row per variant)."""
+    first = table.first_seed.iloc[0] if len(table) else 0
+    n = table.seeds.iloc[0] if len(table) else 0
+    return pd.DataFrame({
+        "variant": table.label,
+        f"train acc % (seed {first})": [_num(a, "{:.0f}") for a in table.first_train_acc],
+        f"train loss (seed {first})": [_num(x, "{:.3g}") for x in table.first_train_loss],
+        f"steps to 100 % (seed {first})": table.first_outcome,
+        f"fit rate ({n} seeds)": [f"{f}/{s}" for f, s in zip(table.fitted, table.seeds)],
+        "median steps to 100 %": [_num(x, "{:.0f}", "never") for x in table.median_steps_to_fit],
+        "diverged": [f"{d}" + (f" (step {at})" if d else "") for d, at in zip(table.diverged, table.diverged_at)],
+        "held-out acc %": [_num(m, "{:.1f}") + ("" if np.isnan(s) else f" ± {s:.1f}")
+                           for m, s in zip(table.heldout_mean, table.heldout_sd)],
+        "linear regions": [_num(x) for x in table.linear_regions],
+        "decision regions": [_num(x) for x in table.decision_regions],
+    }).set_index("variant")
+
+
+def glue_results(res, table: pd.DataFrame) -> None:
+    """Glue each variant's numbers for the prose: <variant>_{outcome, fit_rate, fitted, median_steps, heldout,
+    train_acc, train_loss, linear_regions, decision_regions, diverged}."""
+    for _, r in table.iterrows():
+        v = r.variant
+        res.glue(f"{v}_outcome", r.first_outcome)
+        res.glue(f"{v}_fitted", int(r.fitted))
+        res.glue(f"{v}_fit_rate", f"{r.fitted}/{r.seeds}")
+        res.glue(f"{v}_median_steps", _num(r.median_steps_to_fit, "{:.0f}", "never"))
+        res.glue(f"{v}_heldout", float(r.heldout_mean))
+        res.glue(f"{v}_train_acc", float(r.first_train_acc))
+        res.glue(f"{v}_train_loss", _num(r.first_train_loss, "{:.3g}", "NaN"))
+        res.glue(f"{v}_linear_regions", _num(r.linear_regions))
+        res.glue(f"{v}_decision_regions", _num(r.decision_regions))
+        res.glue(f"{v}_diverged", int(r.diverged))
+
+
+def glue_groups(res, table: pd.DataFrame) -> None:
+    """Glue which variants fitted at every seed, at some seeds, or at none (comma-separated labels, or "none")."""
+    def names(mask):
+        return ", ".join(table.label[mask]) or "none"
+
+    res.glue("fit_every_seed", names(table.fitted == table.seeds))
+    res.glue("fit_some_seeds", names((table.fitted > 0) & (table.fitted < table.seeds)))
+    res.glue("fit_no_seed", names(table.fitted == 0))
+    res.glue("diverged_runs", int(table.diverged.sum()))
+
+
+def registry_table(variants=None) -> pd.DataFrame:
+    """The variants as the book lists them: what each computes and what the original reported."""
+    return pd.DataFrame([{"variant": v.label, "name (files, parameters)": v.name, "forward": v.description,
+                          "original": "fitted" if v.expected == "fit" else "failed",
+                          "piecewise linear": "yes" if v.piecewise else "no"}
+                         for v in (models.VARIANTS[n] for n in (variants or models.NAMES))]).set_index("variant")
+
+
+def seed_table(runs: dict) -> pd.DataFrame:
+    """Every run: variant, seed, outcome and final numbers (recorded in the metrics file)."""
+    return pd.DataFrame([{
+        "variant": v, "seed": s, "status": r.history.status, "stopped_at": r.history.stopped_at,
+        "steps_to_fit": r.steps_to_fit, "fitted": r.fitted, "train_acc": r.train_acc, "train_loss": r.train_loss,
+        "heldout_acc": r.heldout_acc, "linear_regions": r.linear_regions, "decision_regions": r.decision_regions,
+    } for (v, s), r in runs.items()])
+
+
+def divergence_note(runs: dict) -> str:
+    """One sentence on every run the guard stopped (for the prose), or that none was stopped."""
+    stopped = [r for r in runs.values() if r.diverged]
+    if not stopped:
+        return "In this run no seed of any variant diverged: the guard never had to stop a run."
+    parts = []
+    for r in stopped:
+        bad = np.flatnonzero(~np.isfinite(r.grad_norms).all(1))
+        grad = (f"; the gradient of step {bad[0]} was already non-finite although that step's loss was finite"
+                if len(bad) else "")
+        parts.append(f"{models.VARIANTS[r.variant].label} (seed {r.seed}) at step {r.history.stopped_at}{grad}")
+    return "The guard stopped " + "; ".join(parts) + "."
+
+
+def gradient_stats(runs: dict, seed: int) -> dict:
+    """Per variant (one seed): median and max gradient norm of fc1 over the steps, and the share of steps on which
+    the training loss went up by more than 10 %."""
+    out = {}
+    for (v, s), r in runs.items():
+        if s != seed:
+            continue
+        g = r.grad_norms[:, 0]
+        g = g[np.isfinite(g)]
+        loss = r.history.df.train_loss.to_numpy()
+        loss = loss[np.isfinite(loss)]
+        out[v] = {"grad_median": float(np.median(g)) if len(g) else float("nan"),
+                  "grad_max": float(g.max()) if len(g) else float("nan"),
+                  "loss_up": float(np.mean(loss[1:] > 1.1 * loss[:-1])) if len(loss) > 1 else 0.0}
+    return out
+
+
+def glue_gradients(res, runs: dict, seed: int) -> None:
+    """Glue <variant>_grad_median, _grad_max and _loss_up (see ``gradient_stats``; one seed) and
+    <variant>_grad_max_all (largest finite fc1 gradient norm over all seeds) for the prose."""
+    for v, stats in gradient_stats(runs, seed).items():
+        for key, value in stats.items():
+            res.glue(f"{v}_{key}", value)
+    for v in dict.fromkeys(k[0] for k in runs):
+        g = np.concatenate([r.grad_norms[:, 0] for (vv, _), r in runs.items() if vv == v])
+        res.glue(f"{v}_grad_max_all", float(g[np.isfinite(g)].max()) if np.isfinite(g).any() else float("nan"))
+
+
+# distance of a pre-activation to the nearest pole of the activation: 1/x at 0, tan at pi/2 + k pi
+POLE_DISTANCE = {"inv": torch.abs, "tan": lambda h: (torch.remainder(h, torch.pi) - torch.pi / 2).abs()}
+
+
+def pole_stats(runs: dict, data: dict, seed: int, eps: float = 0.05) -> dict:
+    """For 1/x and tan (one seed): the share of training points with some pre-activation (fc1 or fc2 output)
+    within ``eps`` of a pole, at initialisation and at the end, and the largest |pre-activation| at the end."""
+    X, out = torch.as_tensor(data["X"]), {}
+    for (v, s), r in runs.items():
+        act = models.VARIANTS[v].act1
+        if s != seed or act not in POLE_DISTANCE:
+            continue
+        dist, row = POLE_DISTANCE[act], {}
+        for when, model in (("init", models.build(v, s)), ("final", r.model.cpu())):
+            with torch.no_grad():
+                h = torch.cat(model.preactivations(X), dim=1)
+            row[f"near_pole_{when}"] = float((dist(h) < eps).any(1).float().mean())
+            row[f"max_pre_{when}"] = float(h.abs().max())
+        out[v] = row
+    return out
+
+
+# ---------------------------------------------------------------- figures
+
+def plot_data(data: dict):
+    """The training moons (the original's) and the held-out draw."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.9))
+    for ax, (X, y, name) in zip(axes, [(data["X"], data["y"], f"training: {len(data['X'])} points"),
+                                       (data["X_test"], data["y_test"], f"held out: {len(data['X_test'])} points")]):
+        plots.points(ax, X, y, size=10 if len(X) <= 200 else 4)
+        ax.set(title=name, xlim=data["extent"][:2], ylim=data["extent"][2:], aspect="equal", xticks=[], yticks=[])
+    axes[1].legend(fontsize="x-small", loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def _status(r: MoonsRun) -> str:
+    if r.diverged:
+        return r.outcome
+    status = f"train acc {100 * r.train_acc:.0f} %"
+    if r.steps_to_fit is not None:
+        status += f" · 100 % at step {r.steps_to_fit}" + ("" if r.fitted else ", then lost")
+    return status
+
+
+def plot_final_surfaces(runs: dict, data: dict, seed: int, cols: int = 4):
+    """The summary grid: every variant's final P(class 1) with the training points, titled with its outcome."""
+    variants = [v for v, s in runs if s == seed]
+    fig, axes = plots.panels(len(variants), cols, size=(3.1, 2.55))
+    for ax, v in zip(axes, variants):
+        r = runs[(v, seed)]
+        prob = grid_maps(r.model, data, next(r.model.parameters()).device)["prob"]
+        plots.surface(ax, data["xx"], data["yy"], prob)
+        plots.points(ax, data["X"], data["y"], size=9)
+        ax.set(xlim=data["extent"][:2], ylim=data["extent"][2:])
+        ax.set_title(f"{models.VARIANTS[v].label}\n{_status(r)}", fontsize="small")
+        if not np.isfinite(prob).any():
+            ax.text(0.5, 0.5, "NaN weights:\nnothing to draw", transform=ax.transAxes, ha="center", va="center",
+                    fontsize="small", color="#b2182b")
+        if models.VARIANTS[v].expected == "fail":
+            ax.title.set_color("#b2182b")
+    fig.suptitle(f"Final decision surfaces, seed {seed} (red titles: expected to fail)", fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def plot_losses(runs: dict, seed: int):
+    """Training loss per step of every variant (one seed), split by what the original reported."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), sharey=True)
+    for ax, expected in zip(axes, ("fit", "fail")):
+        hist = {models.VARIANTS[v].label: r.history.df for (v, s), r in runs.items()
+                if s == seed and models.VARIANTS[v].expected == expected}
+        if hist:
+            plots.curves(ax, hist, lw=1.2)
+            ax.legend(fontsize="x-small", ncol=2)
+        ax.set_title(f"expected to {expected} (seed {seed})")
+    fig.tight_layout()
+    return fig
+
+
+def plot_grad_norms(runs: dict, seed: int, variants=("relu", "inv_inv", "tan_tan", "sgn")):
+    """Gradient norm of each layer at every step: smooth for relu, spikes of many orders of magnitude at the poles of
+    1/x and tan, exactly zero below the output layer for sgn (zeros cannot be drawn on the log axis)."""
+    variants = [v for v in variants if (v, seed) in runs]
+    if not variants:
+        return None
+    fig, axes = plots.panels(len(variants), len(variants), size=(3.2, 3.0), sharey=True)
+    for ax, v in zip(axes, variants):
+        g = runs[(v, seed)].grad_norms
+        for i, layer in enumerate(LAYERS):
+            vals = np.where(g[:, i] > 0, g[:, i], np.nan)
+            ax.plot(np.arange(len(vals)), vals, lw=0.8, label=layer, alpha=0.85)
+            if len(g) and not (g[:, i] != 0).any():
+                ax.text(0.03, 0.06 + 0.09 * i, f"{layer}: exactly 0 at every step", transform=ax.transAxes,
+                        fontsize="x-small", color=f"C{i}")
+        ax.set(yscale="log", xlabel="step", title=models.VARIANTS[v].label)
+    axes[0].set_ylabel("gradient norm")
+    axes[-1].legend(fontsize="x-small", loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_regions(runs: dict, data: dict, seed: int):
+    """Linear regions of the piecewise-linear variants on the plot grid (random colours), the decision boundary
+    (black) and the training points."""
+    variants = [v for v, s in runs if s == seed and models.VARIANTS[v].piecewise]
+    if not variants:
+        return None
+    fig, axes = plots.panels(len(variants), len(variants), size=(3.0, 2.5))
+    ext = data["extent"]
+    for ax, v in zip(axes, variants):
+        r = runs[(v, seed)]
+        maps = grid_maps(r.model, data, next(r.model.parameters()).device)
+        ids = maps["regions"]
+        colours = np.random.default_rng(0).uniform(0.25, 1.0, (ids.max() + 1, 3))
+        ax.imshow(colours[ids], origin="lower", extent=ext, interpolation="nearest", aspect="equal")
+        if np.isfinite(maps["prob"]).all() and 0 < (maps["prob"] > 0.5).mean() < 1:
+            ax.contour(data["xx"], data["yy"], maps["prob"], levels=[0.5], colors="black", linewidths=1.2)
+        plots.points(ax, data["X"], data["y"], size=8)
+        ax.set(xlim=ext[:2], ylim=ext[2:], xticks=[], yticks=[])
+        ax.set_title(f"{models.VARIANTS[v].label}: {r.linear_regions} regions", fontsize="small")
+    fig.suptitle(f"Linear regions on the plot grid, seed {seed}", fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def write_gifs(runs: dict, data: dict, folder, seed: int, fps: float = 12,
+               max_bytes: int = animate.MAX_BYTES) -> dict:
+    """One training GIF per variant (the runs of ``seed`` recorded frames): <folder>/<variant>.gif.
+
+    Frames are drawn as the original's filled contours (``plots.bands``) with the training points, titled with the
+    step and the training loss; a diverged run ends on the state the guard stopped on. A GIF above ``max_bytes`` is
+    written again from fewer, evenly spaced frames (rather than at a lower resolution).
+    """
+    folder, out = Path(folder), {}
+    w, h = data["extent"][1] - data["extent"][0], data["extent"][3] - data["extent"][2]
+    for (v, s), r in runs.items():
+        if s != seed or r.snapshots is None:
+            continue
+        loss = r.history.df.set_index("step").train_loss
+        label = models.VARIANTS[v].label
+        titles = []
+        for step in r.snapshots.at:
+            value = loss.get(step, r.train_loss)  # the last frame (step = steps) has no row: the final loss
+            titles.append(f"{label} · step {step}" + (f" · loss {value:.3g}" if np.isfinite(value) else
+                                                       " · loss NaN: diverged"))
+        frames = [plots.bands(f) for f in r.snapshots.frames]
+        n = min(len(frames), animate.MAX_FRAMES)
+        while True:
+            path = animate.surface_gif(frames, titles, data["extent"], folder / f"{v}.gif", data["X"], data["y"],
+                                       fps=fps, size=(3.8, 3.8 * h / w + 0.45), max_frames=n,
+                                       max_bytes=max(max_bytes, 50 * 2**20))
+            size = path.stat().st_size
+            if size <= max_bytes or n <= 2:
+                break
+            n = max(2, int(n * 0.9 * max_bytes / size))
+        if size > max_bytes:
+            raise ValueError(f"{path}: {size} bytes even with {n} frames (limit {max_bytes})")
+        out[v] = path
+    return out

@@ -1,0 +1,169 @@
+"""Chapter 5: the variant registry, sort/permute semantics, every variant's forward/backward, the region counts and
+the run bookkeeping (steps to fit, divergence recorded instead of a crash)."""
+import imageio.v3 as iio
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from nbhelpers import runtime  # noqa: E402
+from nbhelpers.data import moons  # noqa: E402
+from nbhelpers.experiments import activations as ex  # noqa: E402
+from nbhelpers.models import activations as models  # noqa: E402
+from nbhelpers.viz import plots  # noqa: E402
+
+FIT = {"abs_abs", "exp_exp", "exp_cos", "sin_sin", "square", "relu", "sigmoid", "sort", "permute"}
+FAIL = {"inv_inv", "tan_tan", "sgn"}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return ex.load(n=100, heldout_n=200, grid_n=30)
+
+
+def test_registry_names_expectations_and_placement():
+    assert set(models.NAMES) == FIT | FAIL and len(models.NAMES) == 12
+    assert {n for n, v in models.VARIANTS.items() if v.expected == "fail"} == FAIL
+    assert all(n.isascii() and n.replace("_", "").isalnum() for n in models.NAMES)  # used as file names
+    # single-name entries apply their function at both places
+    for name, act in {"relu": "relu", "sigmoid": "sigmoid", "square": "square", "sgn": "sgn"}.items():
+        assert (models.VARIANTS[name].act1, models.VARIANTS[name].act2) == (act, act)
+    assert (models.VARIANTS["exp_cos"].act1, models.VARIANTS["exp_cos"].act2) == ("exp", "cos")
+    with pytest.raises(ValueError, match="abs_abs, exp_exp"):
+        models.build("swish")
+
+
+def _hand_net(name):
+    """width 3: fc1 maps x = (1, 2) to h = (1, 2, -3); fc2 = diag(1, 2, -3); fc3 = (1, 10, 100); no biases."""
+    net = models.MoonsNet(name, width=3)
+    with torch.no_grad():
+        for layer in (net.fc1, net.fc2, net.fc3):
+            layer.bias.zero_()
+        net.fc1.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
+        net.fc2.weight.copy_(torch.diag(torch.tensor([1.0, 2.0, -3.0])))
+        net.fc3.weight.copy_(torch.tensor([[1.0, 10.0, 100.0]]))
+    return net
+
+
+def test_sort_semantics_by_hand():
+    # h = (1, 2, -3) sorted ascending -> (-3, 1, 2); fc2 -> (-3, 2, -6); fc3 -> -3 + 20 - 600 = -583
+    # (unsorted: 941; descending: 922)
+    assert torch.equal(models.sort_features(torch.tensor([[1.0, 2.0, -3.0]])), torch.tensor([[-3.0, 1.0, 2.0]]))
+    assert _hand_net("sort")(torch.tensor([[1.0, 2.0]])).item() == -583.0
+
+
+def test_permute_semantics_by_hand():
+    # h = (1, 2, -3): idx = argsort(h) = (2, 0, 1); fc2(h) = (1, 4, 9); out[j] = fc2(h)[idx[j]] = (9, 1, 4);
+    # fc3 -> 9 + 10 + 400 = 419 (sorting fc2(h) instead: 941; scattering by idx, the inverse permutation: 194)
+    assert torch.equal(models.permute_by(torch.tensor([[1.0, 4.0, 9.0]]), torch.tensor([[1.0, 2.0, -3.0]])),
+                       torch.tensor([[9.0, 1.0, 4.0]]))
+    assert _hand_net("permute")(torch.tensor([[1.0, 2.0]])).item() == 419.0
+
+
+@pytest.mark.parametrize("name", models.NAMES)
+def test_every_variant_forward_backward_on_a_batch(name):
+    torch.manual_seed(0)
+    net = models.build(name)
+    x = torch.randn(64, 2)
+    y = (torch.rand(64) > 0.5).float()
+    out = net(x)
+    assert out.shape == (64, 1) and torch.isfinite(out).all()
+    ex.loss_fn(out, y).backward()
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    if name == "sgn":  # sign has zero derivative: nothing below the output layer can learn
+        assert all(torch.count_nonzero(g) == 0 for n, g in grads.items() if not n.startswith("fc3"))
+        assert torch.count_nonzero(grads["fc3.weight"]) > 0
+    else:
+        assert all(torch.count_nonzero(g) > 0 for n, g in grads.items())
+
+
+@pytest.mark.parametrize("name", [n for n, v in models.VARIANTS.items() if v.piecewise])
+def test_pattern_fixes_the_affine_piece(name):
+    """Points with the same activation pattern get the same input gradient (one affine map, or a constant)."""
+    torch.manual_seed(1)
+    net = models.build(name)
+    x = torch.randn(400, 2, requires_grad=True)
+    net(x).sum().backward()
+    ids = ex.pattern_ids(net.pattern(x).detach().numpy())
+    assert len(set(ids)) > 1
+    for i in set(ids):
+        g = x.grad[ids == i]
+        torch.testing.assert_close(g, g[:1].expand_as(g), atol=1e-5, rtol=1e-4)
+    assert models.build("sigmoid").pattern(x) is None
+
+
+def test_count_regions_by_hand():
+    assert ex.count_regions(np.array([[0, 0, 1], [1, 0, 1], [1, 1, 1]])) == 2
+    assert ex.count_regions(np.array([[0, 1], [1, 0]])) == 4  # 4-neighbour: diagonals do not connect
+    assert ex.count_regions(np.zeros((5, 7), int)) == 1
+    assert list(ex.pattern_ids(np.array([[1, 0], [0, 1], [1, 0]]))) == [1, 0, 1]
+
+
+def test_moons_data_and_grid():
+    X, y = moons.make()
+    assert X.shape == (100, 2) and X.dtype == np.float32 and set(np.unique(y)) == {0.0, 1.0} and y.sum() == 50
+    xx, yy, pts, ext = moons.grid(X, n=20)
+    assert xx.shape == (20, 20) and pts.shape == (400, 2)
+    assert np.isclose(ext[0], X[:, 0].min() - 0.5) and np.isclose(ext[3], X[:, 1].max() + 0.5)
+    with pytest.raises(ValueError, match="heldout_seed"):
+        ex.load(data_seed=3, heldout_seed=3)
+
+
+def test_steps_to_fit_is_the_first_step_at_100_percent(data):
+    run = ex.train_one(data, "square", 0, steps=150)
+    assert run.steps_to_fit is not None and run.fitted and run.outcome == str(run.steps_to_fit)
+    assert run.grad_norms.shape == (150, 3) and run.linear_regions is None and run.decision_regions >= 2
+    k = run.steps_to_fit
+    assert ex.train_one(data, "square", 0, steps=k).train_acc == 1.0
+    if k > 1:
+        assert ex.train_one(data, "square", 0, steps=k - 1).train_acc < 1.0
+
+
+def test_divergence_is_recorded_not_raised(data):
+    bad = dict(data, X=data["X"].copy())
+    bad["X"][0, 0] = np.nan  # the loss is NaN from the first step on
+    run = ex.train_one(bad, "relu", 0, steps=20, frames=5)
+    assert run.diverged and run.history.stopped_at == 0 and run.outcome == "diverged at step 0"
+    assert not run.fitted and run.snapshots.at == [0, 0]
+    table = ex.summarise({("relu", 0): run, ("relu", 1): ex.train_one(data, "relu", 1, steps=5)})
+    row = table.iloc[0]
+    assert row.diverged == 1 and row.fitted == 0 and row.first_outcome == "diverged at step 0"
+    shown = ex.display_table(table)
+    assert shown.loc["relu", "steps to 100 % (seed 0)"] == "diverged at step 0"
+    assert shown.loc["relu", "diverged"] == "1 (step 0)" and "never" in shown.loc["relu", "median steps to 100 %"]
+    assert "relu (seed 0) at step 0" in ex.divergence_note({("relu", 0): run})
+
+
+def test_sgn_trains_only_its_output_layer(data):
+    run = ex.train_one(data, "sgn", 0, steps=10)
+    assert (run.grad_norms[:, :2] == 0).all() and (run.grad_norms[:, 2] > 0).all()
+    assert ex.gradient_stats({("sgn", 0): run}, 0)["sgn"]["grad_max"] == 0.0
+
+
+def test_gifs_stay_under_the_byte_bound_by_dropping_frames(data, tmp_path):
+    runs = {("tan_tan", 0): ex.train_one(data, "tan_tan", 0, steps=20, frames=12)}
+    full = ex.write_gifs(runs, data, tmp_path / "a", seed=0)["tan_tan"]
+    assert len(iio.imread(full, index=None)) == 12
+    bound = full.stat().st_size // 2
+    path = ex.write_gifs(runs, data, tmp_path / "b", seed=0, max_bytes=bound)["tan_tan"]
+    frames = iio.imread(path, index=None)
+    assert path.name == "tan_tan.gif" and path.stat().st_size <= bound
+    assert 2 <= len(frames) < 12 and frames.shape[1:] == iio.imread(full, index=None).shape[1:]  # same resolution
+    assert ex.write_gifs(runs, data, tmp_path, seed=1) == {}  # only the seed that recorded frames
+
+
+def test_bands_quantise_to_contour_midpoints():
+    z = np.array([0.0, 0.04, 0.05, 0.99, 1.0, 1.7, -0.2, np.nan])
+    out = plots.bands(z, levels=21)
+    np.testing.assert_allclose(out[:7], [0.025, 0.025, 0.075, 0.975, 0.975, 0.975, 0.025], atol=1e-6)
+    assert np.isnan(out[7])
+
+
+def test_threads_context_restores():
+    before = torch.get_num_threads()
+    with runtime.threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
