@@ -151,3 +151,6 @@ def test_train_runs_and_records_curves():
     assert sched.lr.iloc[0] == pytest.approx(E.ORIGINAL_MAX_LR / 10)
     assert sched.lr.iloc[-1] == pytest.approx(E.ORIGINAL_MAX_LR / 100, rel=0.05)
     assert isinstance(E.table([run]), pd.DataFrame)
+    for name in E.ABLATIONS:  # every ablation row runs at the lower peak and names one change
+        variant, recipe, label = E.ablation(name, 0.02, 512, 0.1)
+        assert recipe.max_lr == pytest.approx(0.002) and variant in U.VARIANTS and label
