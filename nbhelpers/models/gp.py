@@ -105,9 +105,11 @@ class Repaired(nn.Module):
     (x_t, flag_t) attend to the context tokens of the points j < t (plus a learned "nothing seen yet" token).
     """
 
-    def __init__(self, width: int = 128, heads: int = 4, layers: int = 3, n_freq: int = 16):
+    def __init__(self, width: int = 128, heads: int = 4, layers: int = 3, n_freq: int = 24):
         super().__init__()
-        self.register_buffer("freqs", torch.logspace(math.log10(0.3), math.log10(12.0), n_freq))
+        # angular frequencies 0.3 ... 40 per unit of x: fine enough to single out the other series' point at the
+        # same x (both series share their x values), coarse enough to find smooth neighbours
+        self.register_buffer("freqs", torch.logspace(math.log10(0.3), math.log10(40.0), n_freq))
         n_feat = 1 + 2 * n_freq + 2
         self.ctx_in = nn.Sequential(nn.Linear(n_feat + 1, width), nn.GELU(), nn.Linear(width, width))
         self.qry_in = nn.Sequential(nn.Linear(n_feat, width), nn.GELU(), nn.Linear(width, width))
