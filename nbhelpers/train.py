@@ -59,6 +59,7 @@ def fit(
     diverge_factor: float | None = None,
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
+    check_grads: bool = True,
     progress: bool = True,
     desc: str = "train",
 ) -> History:
@@ -68,6 +69,7 @@ def fit(
     eval mode under no_grad. on_step(step, model) runs after every optimiser step (e.g. to capture GIF frames).
     diverge_factor: stop when a training loss exceeds factor × the first step's loss (e.g. 100).
     amp_dtype: run forward passes under torch.autocast with this dtype (e.g. torch.bfloat16 on GPU).
+    check_grads: also stop (before the optimiser step) when the gradient norm is NaN/inf.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -107,6 +109,13 @@ def fit(
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if check_grads:  # a finite loss can still give NaN/inf gradients (e.g. inf * 0 at a pole)
+                norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
+                if not math.isfinite(norm):
+                    hist.status, hist.reason = "nan", f"gradient norm became {norm} at step {step} (epoch {epoch + 1})"
+                    hist.rows.append(row)
+                    hist.stopped_at = step
+                    break
             optimizer.step()
             if scheduler is not None and scheduler_per == "step":
                 scheduler.step()

@@ -63,3 +63,26 @@ def test_snapshots_record_requested_steps():
               on_step=snaps, progress=False)
     assert snaps.at == [0, 2, 4] and len(snaps.frames) == 3
     assert not torch.equal(snaps.frames[0], snaps.frames[2])
+
+
+class PlantedInfGrad(nn.Module):
+    """Finite outputs whose gradient is NaN from the 4th call on (sqrt at 0 times 0: inf * 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.calls = nn.Linear(2, 1), 0
+
+    def forward(self, x):
+        self.calls += 1
+        y = self.lin(x)
+        if self.calls > 3:
+            y = y + 0 * torch.sqrt(y * 0)
+        return y
+
+
+def test_nonfinite_gradient_stops_before_the_step():
+    model = PlantedInfGrad()
+    hist = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.01), _data(), nn.functional.mse_loss,
+                     epochs=5, progress=False)
+    assert hist.status == "nan" and hist.stopped_at == 3 and "gradient" in hist.reason
+    assert all(math.isfinite(p.detach().sum().item()) for p in model.parameters())
