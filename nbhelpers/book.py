@@ -16,6 +16,7 @@ import ast
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,17 @@ def _swap_in(new: Path, dst: Path) -> None:
         os.replace(dst, old)
     os.replace(new, dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_leftovers(out: Path) -> None:
+    """Remove temporaries a killed run (SIGKILL, power loss) could not clean up itself."""
+    for p in [*out.glob(".jb-*"), *out.glob(".html-old-*"), *out.glob("book/.book-*"),
+              *out.glob("book/notebooks/.*.running.ipynb")]:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def stage_sources(root: Path, stage: Path) -> None:
@@ -267,13 +279,22 @@ def main(argv=None) -> int:
     out = (root / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
     stage = out / "book"
     out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a killed run cleans up like Ctrl-C
+    clean_leftovers(out)
     stage_sources(root, stage)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 
-    for ch in chapters:
-        print(f"[{ch.stem}] running (profile {args.profile}) with {ch.params}", flush=True)
-        execute(ch, stage)
-        print(f"[{ch.stem}] {ch.status} in {ch.wall_s:.1f}s {ch.detail}", flush=True)
+    try:
+        for ch in chapters:
+            print(f"[{ch.stem}] running (profile {args.profile}) with {ch.params}", flush=True)
+            execute(ch, stage)
+            print(f"[{ch.stem}] {ch.status} in {ch.wall_s:.1f}s {ch.detail}", flush=True)
+    except KeyboardInterrupt:
+        for ch in chapters:
+            if ch.status == "pending":
+                ch.status, ch.detail = "stopped", "interrupted; the previous executed copy and book are untouched"
+        print("\n" + summary(chapters), file=sys.stderr)
+        return 130
     failed = [c for c in chapters if c.status != "ok"]
     index = None
     if not failed and not args.no_build:

@@ -44,3 +44,50 @@ def test_bad_parameter_value_fails_in_validation_cell_naming_chapter_and_cell(tm
     assert "Heads" not in out.split("ValueError")[0][-200:]
     assert not (tmp_path / "book" / "notebooks" / "01_toy_attention.ipynb").exists()
     assert (tmp_path / "failed" / "01_toy_attention.ipynb").exists()
+
+
+def test_failure_names_chapter_and_cell_and_the_rest_still_runs(tmp_path):
+    import yaml
+
+    smoke = yaml.safe_load((ROOT / "book" / "profiles" / "smoke.yml").read_text())
+    profile = {"01_toy_attention": {**smoke["01_toy_attention"], "dataset": "nope"},
+               "05_activations": smoke["05_activations"]}
+    root = _mini_book(tmp_path, yaml.safe_dump(profile))
+    proc = run_book("--profile", "smoke", "--only", "01", "05", "--no-build", cwd=root, timeout=600)
+    assert proc.returncode == 1
+    summary = proc.stdout[proc.stdout.index("chapter "):]
+    assert "01_toy_attention" in summary and "failed" in summary and "cell" in summary
+    assert "05_activations" in summary and " ok " in summary
+    assert (root / "_build" / "book" / "notebooks" / "05_activations.ipynb").exists()
+
+
+def test_interrupted_run_leaves_the_previous_book_intact(smoke_book, tmp_path):
+    import hashlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from nbhelpers import book
+
+    out = tmp_path / "out"
+    shutil.copytree(smoke_book[0], out)
+    watched = [out / "html" / "notebooks" / "01_toy_attention.html", out / "book" / "notebooks" / "01_toy_attention.ipynb"]
+    before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in watched]
+    proc = subprocess.Popen([sys.executable, "-m", "nbhelpers.book", "--profile", "smoke", "--only", "01",
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = out / "book" / "notebooks" / ".01_toy_attention.running.ipynb"
+    deadline = time.time() + 120
+    while not running.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert running.exists(), "the chapter never started"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "stopped" in stderr
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in watched] == before
+    assert not running.exists() and not list(out.glob(".jb-*")) and not list(out.glob(".html-old-*"))
+    # a SIGKILLed run cannot clean up: the next run removes what it left
+    running.write_text("{}")
+    (out / ".jb-dead").mkdir()
+    book.clean_leftovers(out)
+    assert not running.exists() and not (out / ".jb-dead").exists()
