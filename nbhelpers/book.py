@@ -174,6 +174,36 @@ def parameter_reference(root: Path) -> str:
     return "\n".join(out)
 
 
+def results_page(root: Path, stage: Path) -> str:
+    """'Results at a glance': book/headlines.yml filled in from the executed chapters' metrics JSON."""
+    spec = yaml.safe_load((root / "book" / "headlines.yml").read_text())
+    out = ["# Results at a glance", "",
+           "Headline numbers of every chapter, read from the executed notebooks' metrics files by the runner — none "
+           "is typed by hand. *Faithful* is the original setup, *repaired* our fix, *anchor* the reference it is "
+           "measured against (a ceiling, an oracle or the original's published number). Each chapter page's run "
+           "header says which profile produced its numbers.", "",
+           "| chapter | measure | faithful | repaired | anchor | profile |", "|---|---|---|---|---|---|"]
+    for ch in spec:
+        path = stage / "notebooks" / f"{ch['chapter']}{METRICS_SUFFIX}"
+        metrics = json.loads(path.read_text()) if path.exists() else None
+        values = (metrics or {}).get("values", {})
+        profile = ((metrics or {}).get("run") or {}).get("profile", "—")
+
+        def cell(c):
+            if metrics is None:
+                return "not run"
+            if c["key"] not in values or values[c["key"]] is None:
+                return f"— ({c['label']})"
+            v = values[c["key"]]
+            return f"{format(v, c['fmt']) if 'fmt' in c and not isinstance(v, str) else v} ({c['label']})"
+
+        link = f"[{ch['title']}](../notebooks/{ch['chapter']}.ipynb)" if metrics else ch["title"]
+        for row in ch["rows"]:
+            out.append(f"| {link} | {row['what']} | {cell(row['faithful'])} | {cell(row['repaired'])} | "
+                       f"{cell(row['anchor'])} | {profile if metrics else '—'} |")
+    return "\n".join(out) + "\n"
+
+
 def write_toc(root: Path, stage: Path) -> None:
     """The staged _toc.yml: the repository's, minus chapters that have no executed copy yet."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())
@@ -299,6 +329,7 @@ def main(argv=None) -> int:
     index = None
     if not failed and not args.no_build:
         write_toc(root, stage)
+        (stage / "book" / "results.md").write_text(results_page(root, stage))
         try:
             index = build_html(stage, out)
         except RuntimeError as e:

@@ -68,6 +68,19 @@ def test_parameter_reference_page_lists_every_declared_parameter(smoke_book):
             assert f"<code class=\"docutils literal notranslate\"><span class=\"pre\">{name}</span></code>" in text, name
 
 
+def test_front_page_results_come_from_every_chapters_metrics(smoke_book):
+    out = smoke_book[0]
+    spec = yaml.safe_load((ROOT / "book" / "headlines.yml").read_text())
+    assert {c["chapter"] for c in spec} == {nb.stem for nb in NOTEBOOKS}
+    for ch in spec:
+        values = json.loads((out / "book" / "notebooks" / f"{ch['chapter']}.metrics.json").read_text())["values"]
+        for row in ch["rows"]:
+            for col in ("faithful", "repaired", "anchor"):
+                assert row[col]["key"] in values, f"{ch['chapter']}: headline key {row[col]['key']} was not glued"
+    text = (out / "html" / "book" / "results.html").read_text()
+    assert "not run" not in text and text.count("<tr") >= 1 + sum(len(c["rows"]) for c in spec)
+
+
 def test_parameters_cells_parse_completely():
     """papermill must see every assignment of the parameters cell (its parser skips lines it cannot read)."""
     import papermill

@@ -180,9 +180,11 @@ def param_table(bug_compatible: bool = True) -> pd.DataFrame:
 
 
 def glue_headlines(res, faithful, corrected, repaired) -> None:
-    """acc_<model>_<dataset> (faithful), acc_corrected_<model>_<dataset>, acc_repaired_<dataset>, params_repaired."""
+    """acc_<model>_<dataset> (faithful) beside orig_<model>_<dataset> (the original's published number),
+    acc_corrected_<model>_<dataset>, acc_repaired_<dataset>, params_repaired."""
     for r in faithful:
         res.glue(f"acc_{r.model_name}_{r.dataset}", 100 * r.max_acc)
+        res.glue(f"orig_{r.model_name}_{r.dataset}", ORIGINAL_ACC[(r.dataset, r.model_name)])
     for r in corrected:
         res.glue(f"acc_corrected_{r.model_name}_{r.dataset}", 100 * r.max_acc)
     for r in repaired:
