@@ -378,6 +378,13 @@ def plot_drop(trained: dict, test: dict, cfg: Config, oracle_out: dict, keys=("f
     return fig
 
 
+def gap_correlation(tr: Trained, test: dict, cfg: Config) -> float:
+    """Correlation over test pairs between the first-step error and the offset gap c0 - c1 (-1: copying series 1)."""
+    err = teacher_forced(tr.model, to_tensor(test))[:, cfg.first, 0] - test["y"][:, cfg.first]
+    gap = test["c"][:, 0] - test["c"][:, 1]
+    return float(np.corrcoef(err, gap)[0, 1]) if len(gap) > 2 and err.std() > 0 else 0.0
+
+
 def plot_attention(trained: dict, test: dict, cfg: Config, index: int = 0, keys=("faithful", "series_qk", "repaired"),
                    offsets=(0, None)):
     """For chosen predicted points (the first one, and one in the middle of the rollout), the attention weight on
