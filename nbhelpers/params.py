@@ -56,39 +56,32 @@ class Choice(Spec):
 
 
 @dataclass
-class Int(Spec):
-    lo: int | None = None
-    hi: int | None = None
-    kind = "int"
+class _Range(Spec):
+    """A number of an accepted type within [lo, hi] (None: unbounded); NaN and booleans are rejected."""
 
-    def __call__(self, name, value):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _bad(name, value, self.describe())
-        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
-            raise _bad(name, value, self.describe())
-        return value
-
-    def describe(self):
-        return f"an integer in [{self.lo if self.lo is not None else '-inf'}, " \
-               f"{self.hi if self.hi is not None else 'inf'}]"
-
-
-@dataclass
-class Float(Spec):
     lo: float | None = None
     hi: float | None = None
-    kind = "float"
+    types = (int, float)
+    noun = "a number"
 
     def __call__(self, name, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, self.types) or value != value \
+                or (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
             raise _bad(name, value, self.describe())
-        if value != value or (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
-            raise _bad(name, value, self.describe())
-        return float(value)
+        return self.types[-1](value)
 
     def describe(self):
-        return f"a number in [{self.lo if self.lo is not None else '-inf'}, " \
-               f"{self.hi if self.hi is not None else 'inf'}]"
+        lo = self.lo if self.lo is not None else "-inf"
+        hi = self.hi if self.hi is not None else "inf"
+        return f"{self.noun} in [{lo}, {hi}]"
+
+
+class Int(_Range):
+    types, noun, kind = (int,), "an integer", "int"
+
+
+class Float(_Range):
+    types, noun, kind = (int, float), "a number", "float"
 
 
 class Bool(Spec):
