@@ -165,6 +165,7 @@ class Snapshots:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def classifier_metrics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, transform: Callable | None = None,
                        batch: int = 1000, amp_dtype: torch.dtype | None = None) -> dict:
     """Mean cross-entropy and accuracy of a classifier over (x, y) in chunks of ``batch``, in eval mode (restoring

@@ -85,17 +85,11 @@ def augment_for(dataset: str) -> images.Augment:
     return images.Augment(crop_padding=4, flip=True, erase_size=8, erase_p=0.5)
 
 
-@torch.no_grad()
 def accuracy(model, x_uint8: torch.Tensor, y: torch.Tensor, batches: images.DeviceBatches, batch: int = 1000,
              amp: bool = False) -> float:
-    model.eval()
-    correct = 0
-    for i in range(0, len(y), batch):
-        xb = batches.normalise(x_uint8[i:i + batch].float().div_(255))
-        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
-            correct += int((model(xb).argmax(-1) == y[i:i + batch]).sum())
-    model.train()
-    return correct / len(y)
+    """Test accuracy on uint8 images, normalised like the training batches."""
+    return training.classifier_metrics(model, x_uint8, y, lambda xb: batches.normalise(xb.float().div(255)), batch,
+                                       torch.bfloat16 if amp else None)["acc"]
 
 
 def stats_for(recipe: Recipe, data: images.ImageData) -> tuple:

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+from . import count_params  # noqa: F401  (re-exported: models.<family>.count_params)
 
 # the original's x discretisation: index = 200 + position of x on the grid [1, 15.1) with step 0.05; 0 = padding
 GRID_LO, GRID_STEP, INDEX_OFFSET, VOCAB = 1.0, 0.05, 200, 2000
@@ -175,7 +176,3 @@ def masked_loss(kind: str):
         return (per * m).sum() / m.sum().clamp_min(1)
 
     return loss
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -9,6 +9,7 @@ import math
 
 import torch
 from torch import nn
+from . import count_params  # noqa: F401  (re-exported: models.<family>.count_params)
 
 MODELS = ("heads", "mlp", "relu_mlp")
 LABELS = {"heads": "Heads (attention)", "mlp": "tanh MLP", "relu_mlp": "ReLU MLP (param-matched)"}
@@ -93,7 +94,3 @@ def build(name: str, n_out: int, n_embd: int = 8, n_head: int = 4, n_in: int = 2
     if name == "relu_mlp":
         return ReLUMLP(n_in, n_embd, n_out)
     raise ValueError(f"model={name!r} is not allowed; choose one of {', '.join(MODELS)}")
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

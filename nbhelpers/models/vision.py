@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from vit_pytorch import ViT
 from vit_pytorch.deepvit import DeepViT
+from . import count_params  # noqa: F401  (re-exported: models.<family>.count_params)
 
 MODELS = ("cnn", "vit", "deepvit", "hybrid")
 VIT_DIMS = dict(dim=128, depth=6, heads=4, mlp_dim=256, dropout=0.1, emb_dropout=0.1)
@@ -101,7 +102,3 @@ def set_attention_scale(model: nn.Module, scaled: bool = True) -> int:
             m.scale = d_head ** -0.5 if scaled else 1.0
             n += 1
     return n
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
