@@ -56,3 +56,10 @@ def test_train_model_on_tiny_synthetic_data():
     assert run.timing["ms_per_1000"] > 0
     att = E.cls_attention(run.model, torch.randn(3, 1, 28, 28))
     assert att.shape == (3, 7, 7)
+
+
+def test_all_datasets_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBHELPERS_DATA", str(tmp_path))
+    monkeypatch.setattr(images, "load", lambda name, **kw: (_ for _ in ()).throw(images.DataUnavailable(name)))
+    with pytest.raises(images.DataUnavailable, match="NBHELPERS_DATA"):
+        E.load_datasets("all")

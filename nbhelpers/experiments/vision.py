@@ -75,6 +75,9 @@ def load_datasets(choice, n_train: int = 0, n_test: int = 0):
                 raise
             missing[name] = "data unavailable"
             print(f"{name}: not run — {e}")
+    if not data:
+        raise images.DataUnavailable(f"none of {', '.join(names)} is available under {images.data_root()}: "
+                                     f"set NBHELPERS_DATA to the folder that holds them (see the README)")
     return data, missing
 
 
