@@ -24,21 +24,24 @@ def test_fit_learns_and_records_history():
     assert hist.wall_s > 0 and hist.samples == 20 * 64
 
 
-class PlantedNaN(nn.Module):
-    """A linear model whose output becomes NaN from its 6th forward pass on."""
+class Planted(nn.Module):
+    """A linear model that goes bad after ``after`` forward passes: ``nan`` makes the output (so the loss) NaN;
+    ``grad`` keeps the output finite but makes the gradient NaN (0 * sqrt(0): inf * 0 in the backward pass)."""
 
-    def __init__(self):
+    def __init__(self, after: int, kind: str):
         super().__init__()
-        self.lin, self.calls = nn.Linear(2, 1), 0
+        self.lin, self.calls, self.after, self.kind = nn.Linear(2, 1), 0, after, kind
 
     def forward(self, x):
         self.calls += 1
         y = self.lin(x)
-        return y * float("nan") if self.calls > 5 else y
+        if self.calls <= self.after:
+            return y
+        return y * float("nan") if self.kind == "nan" else y + 0 * torch.sqrt(y * 0)
 
 
 def test_nan_guard_stops_and_says_why():
-    model = PlantedNaN()
+    model = Planted(after=5, kind="nan")
     seen = []
     hist = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.01), _data(), nn.functional.mse_loss,
                      epochs=10, on_step=lambda s, m: seen.append(s), progress=False)
@@ -65,23 +68,8 @@ def test_snapshots_record_requested_steps():
     assert not torch.equal(snaps.frames[0], snaps.frames[2])
 
 
-class PlantedInfGrad(nn.Module):
-    """Finite outputs whose gradient is NaN from the 4th call on (sqrt at 0 times 0: inf * 0)."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin, self.calls = nn.Linear(2, 1), 0
-
-    def forward(self, x):
-        self.calls += 1
-        y = self.lin(x)
-        if self.calls > 3:
-            y = y + 0 * torch.sqrt(y * 0)
-        return y
-
-
 def test_nonfinite_gradient_stops_before_the_step():
-    model = PlantedInfGrad()
+    model = Planted(after=3, kind="grad")
     hist = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.01), _data(), nn.functional.mse_loss,
                      epochs=5, progress=False)
     assert hist.status == "nan" and hist.stopped_at == 3 and "gradient" in hist.reason

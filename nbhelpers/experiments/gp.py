@@ -337,11 +337,9 @@ def plot_rollouts(trained: dict, test: dict, cfg: Config, oracle_out: dict, inde
     mean ± 2σ band behind, and the oracle itself in the last panel."""
     keys = [k for k in ROWS if ROWS[k].trains or ROWS[k].teacher_forced]
     inp = to_tensor(test)[index:index + 1]
-    cols = 3
-    rows = math.ceil((len(keys) + 1) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), sharex=True, sharey=True, squeeze=False)
+    fig, axes = plots.panels(len(keys) + 1, 3, size=(4.2, 3.0), sharex=True, sharey=True)
     band = (oracle_out["mean"][index], oracle_out["sd"][index])
-    for ax, key in zip(axes.flat, keys):
+    for ax, key in zip(axes, keys):
         row = ROWS[key]
         tr = trained[key if row.trains else "faithful"]
         if row.teacher_forced:
@@ -351,10 +349,8 @@ def plot_rollouts(trained: dict, test: dict, cfg: Config, oracle_out: dict, inde
             pred = rollout(tr.model, inp, cfg.first)[0][0]
             samples = rollout(tr.model, inp.expand(n_samples, -1, -1), cfg.first, sample=True, seed=seed)[0]
         _panel(ax, test, index, cfg, pred, samples, band, row.label)
-    _panel(axes.flat[len(keys)], test, index, cfg, pred=band[0], band=band, title="GP oracle: posterior mean ± 2σ")
-    for ax in list(axes.flat)[len(keys) + 1:]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    _panel(axes[len(keys)], test, index, cfg, pred=band[0], band=band, title="GP oracle: posterior mean ± 2σ")
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig

@@ -195,21 +195,17 @@ def plot_datasets(splits: dict):
 def plot_losses(runs: dict, seed: int):
     datasets = list(dict.fromkeys(d for d, _, _ in runs))
     model_names = list(dict.fromkeys(m for _, m, _ in runs))
-    cols = min(3, len(datasets))
-    rows = -(-len(datasets) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax in axes.flat[len(datasets):]:
-        ax.axis("off")
-    for ax, d in zip(axes.flat, datasets):
+    fig, axes = plots.panels(len(datasets), 3, size=(4.2, 3.0))
+    for ax, d in zip(axes, datasets):
         for i, m in enumerate(model_names):
             df = runs[(d, m, seed)].history.df
             color = f"C{i}"
             ax.plot(df.step, df.train_loss.rolling(8, min_periods=1).mean(), color=color, alpha=0.45, lw=1)
             ax.plot(df.step, df.val_loss, color=color, lw=1.6, label=models.LABELS[m])
         ax.set(title=d, xlabel="step", yscale="log")
-    for ax in axes[:, 0]:
+    for ax in axes[::3]:
         ax.set_ylabel("loss (thin: train, thick: val)")
-    axes.flat[0].legend(fontsize="x-small")
+    axes[0].legend(fontsize="x-small")
     fig.tight_layout()
     return fig
 
