@@ -47,6 +47,7 @@ def test_every_page_in_a_real_browser(served):
         errors = []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("response", lambda r: errors.append(f"HTTP {r.status} for {r.url}") if r.status >= 400 else None)
         for rel in pages:
             errors.clear()
             page.goto(f"{base}/{rel}", wait_until="load")
