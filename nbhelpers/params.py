@@ -97,7 +97,9 @@ class Bool(Spec):
 
 
 def check(namespace: dict, **specs: Spec) -> dict:
-    """Validate ``namespace[name]`` against each spec; return the cleaned values; reject unknown names."""
+    """Validate ``namespace[name]`` against each spec; reject unknown names. The cleaned values are written back
+    into the namespace (so a single value given for a ``many`` parameter is a one-element list from here on)
+    and returned."""
     declared = set(specs)
     unknown = sorted(
         k for k, v in namespace.items()
@@ -110,7 +112,9 @@ def check(namespace: dict, **specs: Spec) -> dict:
     missing = [k for k in specs if k not in namespace]
     if missing:
         raise ValueError(f"parameter(s) {', '.join(missing)} missing from the parameters cell")
-    return {name: spec(name, namespace[name]) for name, spec in specs.items()}
+    cleaned = {name: spec(name, namespace[name]) for name, spec in specs.items()}
+    namespace.update(cleaned)
+    return cleaned
 
 
 PROFILES = ("full", "quick", "smoke")

@@ -8,9 +8,12 @@ def ns(**kw):
 
 
 def test_valid_values_pass_and_are_cleaned():
-    out = params.check(ns(dataset="spiral", n=3, lr=1, flag=True), dataset=params.Choice("all", "spiral", many=True),
+    space = ns(dataset="spiral", n=3, lr=1, flag=True)
+    out = params.check(space, dataset=params.Choice("all", "spiral", many=True),
                        n=params.Int(1, 5), lr=params.Float(0, 2), flag=params.Bool())
     assert out == {"dataset": ["spiral"], "n": 3, "lr": 1.0, "flag": True}
+    # written back: a notebook that loops over the parameter itself sees the list, not the string's letters
+    assert space["dataset"] == ["spiral"] and space["lr"] == 1.0
 
 
 @pytest.mark.parametrize("value, spec, fragment", [

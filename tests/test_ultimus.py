@@ -39,6 +39,26 @@ def test_spec_shapes_and_wiring():
     torch.testing.assert_close(m(x), m.fc(u))
 
 
+def test_repaired_backbone_separable_blocks_and_tokens():
+    m = U.build("repaired").eval()
+    assert U.count_params(m) <= 26_000
+    x = torch.randn(2, 3, 32, 32)
+    assert m.features(x).shape == (2, 48, 8, 8) and m.embed(x).shape == (2, 64, 48)  # 64 tokens of 48
+    seps = [b for b in m.modules() if isinstance(b, U.Separable)]
+    assert [b.residual for b in seps] == [False, False, True, True, False]
+    dw = seps[0].body[0]
+    assert dw.groups == dw.in_channels == 16 and dw.kernel_size == (3, 3)
+    with pytest.raises(ValueError, match="backbone='resnet'"):
+        U.Ultimus(backbone="resnet")
+
+
+def test_working_recipe_drops_only_the_erasing():
+    w, o = E.working(), E.original()
+    assert o.augment == E.AUGMENT and o.augment.erase_p == 0.5 and o.optimizer == "adam"
+    assert w.augment.erase_p == 0 and (w.augment.crop_padding, w.augment.flip) == (4, True)
+    assert w.optimizer == "adamw" and w.label_smoothing == 0.1
+
+
 def test_block_softmax_is_over_the_q_index():
     torch.manual_seed(0)
     blk = U.UltimusBlock(48, 8)

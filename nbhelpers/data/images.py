@@ -169,7 +169,7 @@ def random_erase(x: torch.Tensor, size: int, fill: torch.Tensor, p: float = 0.5,
     return torch.where(mask, fill.view(1, C, 1, 1).to(x), x)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Augment:
     """Which augmentations to apply (in pixel space [0, 1], before normalisation)."""
 

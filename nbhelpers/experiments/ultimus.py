@@ -21,6 +21,10 @@ from ..viz import plots
 # filled with the mean)
 STATS = ((0.4942, 0.4851, 0.4504), (0.2467, 0.2429, 0.2616))
 AUGMENT = images.Augment(crop_padding=4, crop_mode="reflect", flip=True, erase_size=16, erase_p=0.5)
+# the working recipe keeps crop + flip and drops the 16×16 hole: a 26 k-parameter model underfits CIFAR-10, and
+# erasing a quarter of the image half the time costs it accuracy at 24 epochs (measured: 67.3 vs 65.0 % on a
+# 20 k-image, 6-epoch probe of the repaired model)
+AUGMENT_WORKING = replace(AUGMENT, erase_p=0.0)
 ORIGINAL_MAX_LR = 0.02477
 ORIGINAL = {"acc_epoch1": 18.29, "acc_epoch2": 18.51, "acc_epoch3": 18.72, "final_acc": 12.99,
             "diverged_epoch": 4, "diverged_loss": 53_460, "best_public": 62.25}
@@ -28,8 +32,8 @@ ORIGINAL = {"acc_epoch1": 18.29, "acc_epoch2": 18.51, "acc_epoch3": 18.72, "fina
 
 @dataclass(frozen=True)
 class Recipe:
-    """Optimiser + OneCycle (per step). The original: Adam with coupled weight decay 5e-3, batch 512, max_lr from
-    the range test, pct_start 5/24, div_factor 10, final_div_factor 10, linear annealing."""
+    """Optimiser + OneCycle (per step) + augmentation. The original: Adam with coupled weight decay 5e-3, batch 512,
+    max_lr from the range test, pct_start 5/24, div_factor 10, final_div_factor 10, linear annealing, ``AUGMENT``."""
 
     name: str
     max_lr: float = ORIGINAL_MAX_LR
@@ -40,6 +44,7 @@ class Recipe:
     div_factor: float = 10.0
     final_div_factor: float = 10.0
     label_smoothing: float = 0.0
+    augment: images.Augment = AUGMENT
 
     def optimizer_for(self, params, fused: bool = False) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
@@ -57,10 +62,10 @@ def original(max_lr: float = ORIGINAL_MAX_LR, batch_size: int = 512) -> Recipe:
 
 
 def working(max_lr: float = 0.01, batch_size: int = 512) -> Recipe:
-    """The recipe of the fixed-spec and repaired models: AdamW (decoupled decay), a moderate peak, label
-    smoothing; same batch, same OneCycle shape."""
+    """The recipe of the fixed-spec and repaired models: AdamW (decoupled decay), label smoothing, crop + flip
+    without the erased square; same batch, same OneCycle shape."""
     return Recipe("working", max_lr=max_lr, optimizer="adamw", weight_decay=0.05, batch_size=batch_size,
-                  label_smoothing=0.1)
+                  label_smoothing=0.1, augment=AUGMENT_WORKING)
 
 
 def schedule(recipe: Recipe, total_steps: int) -> pd.DataFrame:
@@ -79,10 +84,11 @@ def load(n_train: int = 0, n_test: int = 0) -> images.ImageData:
     return images.load("cifar10").subset(n_train or None, n_test or None)
 
 
-def train_batches(data: images.ImageData, batch_size: int, device, seed: int = 0, augment: bool = True,
-                  drop_last: bool = False) -> images.DeviceBatches:
-    return images.DeviceBatches(data.x_train, data.y_train, batch_size, device, STATS,
-                                AUGMENT if augment else None, seed=seed, drop_last=drop_last)
+def train_batches(data: images.ImageData, batch_size: int, device, seed: int = 0,
+                  augment: images.Augment | None = AUGMENT, drop_last: bool = False) -> images.DeviceBatches:
+    """Normalised, augmented (``augment``; None: none) training batches, resident on the device."""
+    return images.DeviceBatches(data.x_train, data.y_train, batch_size, device, STATS, augment, seed=seed,
+                                drop_last=drop_last)
 
 
 def test_tensors(data: images.ImageData, device):
@@ -119,7 +125,7 @@ def range_test(data: images.ImageData, recipe: Recipe, device, split: str = "tes
     if split == "test":
         source = images.DeviceBatches(data.x_test, data.y_test, recipe.batch_size, device, STATS, seed=seed)
     else:
-        source = train_batches(data, recipe.batch_size, device, seed)
+        source = train_batches(data, recipe.batch_size, device, seed, recipe.augment)
     return lr_range.range_test(model, lambda p: recipe.optimizer_for(p), source, torch.nn.functional.cross_entropy,
                                start_lr=start_lr, end_lr=end_lr, steps=steps, device=device)
 
@@ -168,7 +174,8 @@ def train(data: images.ImageData, variant: str, recipe: Recipe, epochs: int, dev
     model = U.build(variant, **model_kw).to(device)
     stepper = fast_model(model, device, fast)
     compiled = stepper is not model
-    batches = train_batches(data, recipe.batch_size, device, seed, drop_last=compiled)  # static shapes when compiled
+    batches = train_batches(data, recipe.batch_size, device, seed, recipe.augment,
+                            drop_last=compiled)  # static shapes when compiled
     opt = recipe.optimizer_for(model.parameters(), fused=compiled and device.type == "cuda")
     sched = recipe.scheduler_for(opt, epochs * len(batches))
     tally = Tally(recipe.label_smoothing)
@@ -306,7 +313,7 @@ DESCRIPTIONS = {
     "tokens": "attention across 13×13 spatial tokens, then pooling",
     "sqrt8_after": "softmax(QᵀK)/√8 (the spec's typo)",
     "fixed_spec": "the spec's shape with BN+ReLU convs, FC on X + u4",
-    "repaired": "padding + max-pool to 8×8, attention across 64 tokens, FC on X + u4",
+    "repaired": "depthwise-separable residual convs down to 8×8, attention across 64 tokens, FC on X + u4",
 }
 
 

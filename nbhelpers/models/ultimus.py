@@ -13,6 +13,8 @@ Switches (``build(...)`` keywords; defaults = the original):
   pooling comes after the blocks). ``token_pool`` average-pools the map first (26 → 13 with 2) to bound the cost.
 - ``scale``: "inside" (softmax(QᵀK/√8), as the formula says) | "after" (softmax(QᵀK)/√8: the spec's typo).
 - ``pool``: 0 (original, padding 0, no downsampling) | k: padding 1 and a k×k max-pool after the 2nd and 3rd convs.
+- ``backbone``: "spec" (the three convs above) | "separable" (the repaired model's feature extractor: one 3×3
+  conv, then depthwise-separable residual blocks 16→48 @32, 48→64→64 @16, 64→64→48 @8; ``separable_stack``).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from . import count_params  # noqa: F401  (re-exported)
 
 CONVS = ("linear", "bn_relu")
 SCALES = ("inside", "after")
+BACKBONES = ("spec", "separable")
 WIDTHS = (16, 32, 48)
 PARAMS_FAITHFUL = 25_488
 
@@ -77,16 +80,51 @@ def conv_stack(conv: str = "linear", widths=WIDTHS, pool: int = 0) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
+class Separable(nn.Module):
+    """Depthwise 3×3 conv + BN + ReLU, pointwise 1×1 conv + BN, a residual add when the widths match, ReLU."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),
+                                  nn.BatchNorm2d(c_in), nn.ReLU(inplace=True),
+                                  nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.residual = c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return torch.relu(x + y if self.residual else y)
+
+
+SEPARABLE_PLAN = (16, 48, "pool", 64, 64, "pool", 64, 48)
+
+
+def separable_stack(plan=SEPARABLE_PLAN) -> nn.Sequential:
+    """The repaired feature extractor: a 3×3 conv (3→plan[0], BN, ReLU) at 32×32, then a ``Separable`` block per
+    width and a 2×2 max-pool per "pool" — by default 32×32×48 → 16×16×64 → 8×8×48, about 13 k parameters.
+    Depthwise-separable blocks buy depth (receptive field 40 px) and width for few parameters."""
+    layers = [nn.Conv2d(3, plan[0], 3, padding=1, bias=False), nn.BatchNorm2d(plan[0]), nn.ReLU(inplace=True)]
+    c = plan[0]
+    for item in plan[1:]:
+        if item == "pool":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers.append(Separable(c, item))
+            c = item
+    return nn.Sequential(*layers)
+
+
 class Ultimus(nn.Module):
     """convs → (pool → 4 Ultimus blocks | 4 token blocks → pool) → FC(→10, no bias) on u4 (``head_skip``: on
     X + u4)."""
 
     def __init__(self, conv: str = "linear", tokens: bool = False, scale: str = "inside", pool: int = 0,
                  token_pool: int = 1, blocks: int = 4, d: int = 8, widths=WIDTHS, num_classes: int = 10,
-                 head_skip: bool = False):
+                 head_skip: bool = False, backbone: str = "spec"):
         super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone={backbone!r} is not allowed; choose one of {', '.join(BACKBONES)}")
         self.head_skip = head_skip
-        self.features = conv_stack(conv, widths, pool)
+        self.features = conv_stack(conv, widths, pool) if backbone == "spec" else separable_stack()
         self.tokens, self.token_pool = tokens, token_pool
         self.blocks = nn.ModuleList(UltimusBlock(widths[-1], d, scale) for _ in range(blocks))
         self.fc = nn.Linear(widths[-1], num_classes, bias=False)
@@ -118,7 +156,7 @@ VARIANTS = {
     "tokens": dict(tokens=True, token_pool=2),
     "sqrt8_after": dict(scale="after"),
     "fixed_spec": dict(conv="bn_relu", head_skip=True),
-    "repaired": dict(conv="bn_relu", tokens=True, pool=2, head_skip=True),
+    "repaired": dict(backbone="separable", tokens=True, head_skip=True),
 }
 
 
