@@ -12,7 +12,6 @@ Switches (``build(...)`` keywords; defaults = the original):
   position of the conv map is a token; Ultimus attention runs across tokens, softmax over the key tokens, and the
   pooling comes after the blocks). ``token_pool`` average-pools the map first (26 → 13 with 2) to bound the cost.
 - ``scale``: "inside" (softmax(QᵀK/√8), as the formula says) | "after" (softmax(QᵀK)/√8: the spec's typo).
-- ``pool``: 0 (original, padding 0, no downsampling) | k: padding 1 and a k×k max-pool after the 2nd and 3rd convs.
 - ``backbone``: "spec" (the three convs above) | "separable" (the repaired model's feature extractor: one 3×3
   conv, then depthwise-separable residual blocks 16→48 @32, 48→64→64 @16, 64→64→48 @8; ``separable_stack``).
 """
@@ -64,18 +63,15 @@ class UltimusBlock(nn.Module):
         return self.out(z)
 
 
-def conv_stack(conv: str = "linear", widths=WIDTHS, pool: int = 0) -> nn.Sequential:
-    """3×3 convs 3→w1→w2→w3 without bias; "bn_relu" adds BatchNorm + ReLU after each; ``pool`` > 0 pads by 1 and
-    max-pools after the 2nd and 3rd convs (32 → 16 → 8 with 2)."""
+def conv_stack(conv: str = "linear", widths=WIDTHS) -> nn.Sequential:
+    """3×3 convs 3→w1→w2→w3, padding 0, without bias; "bn_relu" adds BatchNorm + ReLU after each."""
     if conv not in CONVS:
         raise ValueError(f"conv={conv!r} is not allowed; choose one of {', '.join(CONVS)}")
     layers, c_in = [], 3
-    for i, c in enumerate(widths):
-        layers.append(nn.Conv2d(c_in, c, 3, padding=1 if pool else 0, bias=False))
+    for c in widths:
+        layers.append(nn.Conv2d(c_in, c, 3, bias=False))
         if conv == "bn_relu":
             layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-        if pool and i >= 1:
-            layers.append(nn.MaxPool2d(pool))
         c_in = c
     return nn.Sequential(*layers)
 
@@ -117,14 +113,14 @@ class Ultimus(nn.Module):
     """convs → (pool → 4 Ultimus blocks | 4 token blocks → pool) → FC(→10, no bias) on u4 (``head_skip``: on
     X + u4)."""
 
-    def __init__(self, conv: str = "linear", tokens: bool = False, scale: str = "inside", pool: int = 0,
+    def __init__(self, conv: str = "linear", tokens: bool = False, scale: str = "inside",
                  token_pool: int = 1, blocks: int = 4, d: int = 8, widths=WIDTHS, num_classes: int = 10,
                  head_skip: bool = False, backbone: str = "spec"):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"backbone={backbone!r} is not allowed; choose one of {', '.join(BACKBONES)}")
         self.head_skip = head_skip
-        self.features = conv_stack(conv, widths, pool) if backbone == "spec" else separable_stack()
+        self.features = conv_stack(conv, widths) if backbone == "spec" else separable_stack()
         self.tokens, self.token_pool = tokens, token_pool
         self.blocks = nn.ModuleList(UltimusBlock(widths[-1], d, scale) for _ in range(blocks))
         self.fc = nn.Linear(widths[-1], num_classes, bias=False)
