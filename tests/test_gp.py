@@ -139,6 +139,28 @@ def test_changing_a_later_y_never_changes_an_earlier_prediction(name):
         np.testing.assert_allclose(total, 1.0, atol=1e-5)
 
 
+def test_self_feed_trains_on_own_predictions_and_stays_causal():
+    torch.manual_seed(0)
+    model = models.Repaired(width=16, heads=2, layers=1, n_freq=4, self_feed=True).train()
+    inp = _inp()
+
+    def run(x, seed=1):
+        torch.manual_seed(seed)  # the same random cut for both calls
+        return model(x)
+
+    base = run(inp)
+    assert not torch.allclose(base, model.eval()(inp))  # training mode replaced some series-0 values
+    model.train()
+    for u in (5, 12, 20):
+        changed = inp.clone()
+        changed[:, u, 2] += 3.0
+        assert torch.equal(run(changed)[:, :u + 1], base[:, :u + 1]), f"training row <= {u} saw y_{u}"
+    series1 = inp.clone()
+    series1[..., 1] = 1.0  # no series-0 points: nothing to replace
+    torch.manual_seed(1)
+    np.testing.assert_allclose(model(series1).detach(), model.eval()(series1).detach(), rtol=1e-6)
+
+
 def test_rollout_is_causal_and_feeds_back_predictions():
     torch.manual_seed(0)
     model = models.Faithful(embed=16).eval()

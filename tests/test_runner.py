@@ -46,6 +46,14 @@ def test_bad_parameter_value_fails_in_validation_cell_naming_chapter_and_cell(tm
     assert (tmp_path / "failed" / "01_toy_attention.ipynb").exists()
 
 
+def test_gp_width_must_split_into_heads_before_any_compute(tmp_path):
+    proc = run_book("--profile", "smoke", "--only", "02", "-p", "width", "10", "--out", str(tmp_path),
+                    "--no-build", timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "width=10 is not allowed" in out and "4 heads" in out
+    assert not (tmp_path / "book" / "notebooks" / "02_gp_sequences.ipynb").exists()
+
+
 def test_failure_names_chapter_and_cell_and_the_rest_still_runs(tmp_path):
     import yaml
 

@@ -56,6 +56,7 @@ class Config:
     width: int = 128         # repaired model width
     layers: int = 3          # repaired model blocks per stream
     heads: int = 4           # repaired model attention heads
+    self_feed: bool = False  # repaired model: train on its own one-step predictions (models.Repaired)
     batch: int = 64
     lr: float = 3e-4
     steps: int = 20000
@@ -108,7 +109,7 @@ class Batches:
 
 def build(row: Row, cfg: Config) -> torch.nn.Module:
     if row.model == "repaired":
-        return models.Repaired(width=cfg.width, heads=cfg.heads, layers=cfg.layers)
+        return models.Repaired(width=cfg.width, heads=cfg.heads, layers=cfg.layers, self_feed=cfg.self_feed)
     return models.Faithful(embed=cfg.embed, **row.switches)
 
 
