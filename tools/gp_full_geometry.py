@@ -9,6 +9,7 @@ teacher-forced target log-likelihood per point against the exact GP posterior's,
 
     python tools/gp_full_geometry.py --steps 4000                # noise-free (~70 min, 1 CPU thread)
     python tools/gp_full_geometry.py --steps 4000 --noise 0.1    # noisy variant, log-likelihood vs the oracle
+    python tools/gp_full_geometry.py --steps 3000 --evals 3 --n-train 50000 --self-feed   # the full profile's model
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def positive(kind):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=positive(int), default=4000)
-    ap.add_argument("--width", type=positive(int), default=64, help="repaired model width (the full profile: 128)")
-    ap.add_argument("--layers", type=positive(int), default=2, help="blocks per stream (the full profile: 3)")
+    ap.add_argument("--width", type=positive(int), default=64, help="repaired model width (the full profile: 64)")
+    ap.add_argument("--layers", type=positive(int), default=2, help="blocks per stream (the full profile: 2)")
     ap.add_argument("--lr", type=positive(float), default=3e-4)
     ap.add_argument("--self-feed", action="store_true", help="train on its own one-step predictions (models.Repaired)")
     ap.add_argument("--noise", type=float, default=0.0, help="observation noise sigma_n (0 = noise-free pairs)")

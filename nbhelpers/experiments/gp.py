@@ -53,10 +53,10 @@ class Config:
     context: int = 50        # training: the first `context` points of each sequence are not targets
     context_p: int = 20      # inference: points of series 0 seen before the rollout starts
     embed: int = 512         # faithful embedding width
-    width: int = 128         # repaired model width
-    layers: int = 3          # repaired model blocks per stream
+    width: int = 64          # repaired model width
+    layers: int = 2          # repaired model blocks per stream
     heads: int = 4           # repaired model attention heads
-    self_feed: bool = False  # repaired model: train on its own one-step predictions (models.Repaired)
+    self_feed: bool = True   # repaired model: train on its own one-step predictions (models.Repaired)
     batch: int = 64
     lr: float = 3e-4
     steps: int = 20000
