@@ -7,9 +7,11 @@ batch 64. Prints the metrics on the first ``--n-eval`` test pairs every ``steps 
 line on all ``--n-test`` sorted test pairs (mean |first-step error|, rollout RMSE; with ``--noise`` also the
 teacher-forced target log-likelihood per point against the exact GP posterior's, and the gap).
 
-    python tools/gp_full_geometry.py --steps 4000                # noise-free (~70 min, 1 CPU thread)
-    python tools/gp_full_geometry.py --steps 4000 --noise 0.1    # noisy variant, log-likelihood vs the oracle
-    python tools/gp_full_geometry.py --steps 3000 --evals 3 --n-train 50000 --self-feed   # the full profile's model
+Model defaults are the chapter's full profile (``gpx.Config``: 64 x 2, self-feeding, Adam 3e-4).
+
+    python tools/gp_full_geometry.py --steps 3000 --evals 3 --n-train 50000   # noise-free (~80 min, 1 CPU thread)
+    python tools/gp_full_geometry.py --steps 4000 --noise 0.1                 # noisy variant, loglik vs the oracle
+    python tools/gp_full_geometry.py --steps 4000 --no-self-feed              # trained on true values only
 """
 from __future__ import annotations
 
@@ -39,10 +41,11 @@ def positive(kind):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=positive(int), default=4000)
-    ap.add_argument("--width", type=positive(int), default=64, help="repaired model width (the full profile: 64)")
-    ap.add_argument("--layers", type=positive(int), default=2, help="blocks per stream (the full profile: 2)")
-    ap.add_argument("--lr", type=positive(float), default=3e-4)
-    ap.add_argument("--self-feed", action="store_true", help="train on its own one-step predictions (models.Repaired)")
+    ap.add_argument("--width", type=positive(int), default=gpx.Config.width, help="repaired model width")
+    ap.add_argument("--layers", type=positive(int), default=gpx.Config.layers, help="blocks per stream")
+    ap.add_argument("--lr", type=positive(float), default=gpx.Config.lr)
+    ap.add_argument("--self-feed", action=argparse.BooleanOptionalAction, default=gpx.Config.self_feed,
+                    help="train on its own one-step predictions (models.Repaired)")
     ap.add_argument("--noise", type=float, default=0.0, help="observation noise sigma_n (0 = noise-free pairs)")
     ap.add_argument("--n-train", type=positive(int), default=150_000)
     ap.add_argument("--n-test", type=positive(int), default=500)
@@ -53,8 +56,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.noise < 0:
         ap.error(f"--noise must be >= 0, got {a.noise}")
-    if a.width % 4:
-        ap.error(f"--width must be divisible by the 4 attention heads, got {a.width}")
+    if a.width % gpx.Config.heads:
+        ap.error(f"--width must be divisible by the {gpx.Config.heads} attention heads, got {a.width}")
     device = runtime.pick_device(a.device)
     torch.set_num_threads(a.threads)
 
