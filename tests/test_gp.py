@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -12,28 +13,56 @@ def _pair(n_points=40, noise=0.1, kernel="rbf", seed=3):
     return gp.make_pairs(4, n_points, kernel_name=kernel, noise=noise, seed=seed)
 
 
-def test_generator_flag_convention_and_layout():
+def test_generator_distinct_x_permuted_offsets_and_flag_convention():
     p = gp.make_pairs(200, 20, seed=0)
-    n = 10
     assert p["x"].shape == p["y"].shape == p["s"].shape == (200, 20)
-    assert (p["s"][:, :n] == 1).all() and (p["s"][:, n:] == 0).all()  # series 1 block first
-    assert (p["c"][:, 1] <= p["c"][:, 0]).all()                        # flag 1 = the smaller offset
-    np.testing.assert_allclose(p["x"][:, :n], p["x"][:, n:])           # both series share the x values
-    diff = p["y"][:, n:] - p["y"][:, :n]                               # noise-free: constant gap c0 - c1 >= 0
-    np.testing.assert_allclose(diff, np.repeat(p["c"][:, :1] - p["c"][:, 1:], n, axis=1), atol=1e-9)
+    assert all(len(np.unique(row)) == 20 for row in p["x"])  # no two points of one example share an x
+    assert (p["s"].sum(1) == 10).all()                          # 10 points per series...
+    assert len({tuple(r) for r in p["s"]}) > 150                # ...in a random order per example (interleaved)
+    assert (p["c"][:, 1] <= p["c"][:, 0]).all()                 # flag 1 = the smaller offset
     assert ((p["x"] >= 5) & (p["x"] < 15)).all()
     srt = p["sorted"]
     assert 0.3 < srt.mean() < 0.7
-    assert (np.diff(p["x"][srt, :n], axis=1) >= 0).all()
-    assert (np.diff(p["x"][~srt, :n], axis=1) < 0).any()
-    ps = gp.sort_by_x(p)
-    assert (np.diff(ps["x"][:, :n], axis=1) >= 0).all() and (np.diff(ps["x"][:, n:], axis=1) >= 0).all()
+    assert (np.diff(p["x"][srt], axis=1) >= 0).all()
+    assert (np.diff(p["x"][~srt], axis=1) < 0).any(axis=1).all()
+    # noise-free: y - c_s is one smooth curve f shared by both series (neighbours in x, either series, agree)
+    big = gp.make_pairs(50, 400, seed=1)
+    f = big["y"] - np.where(big["s"] == 1, big["c"][:, 1:2], big["c"][:, 0:1])
+    order = np.argsort(big["x"], axis=1)
+    fs, xs, ss = (np.take_along_axis(a, order, 1) for a in (f, big["x"], big["s"]))
+    cross = ss[:, 1:] != ss[:, :-1]
+    step = np.abs(np.diff(fs, axis=1)[cross])
+    assert np.median(step) < 0.05 and step.max() < 1.0
+    ys = np.take_along_axis(big["y"], order, 1)  # ...while y jumps by the offset gap between series
+    jumps = np.array([np.median(np.abs(np.diff(ys[i]))[cross[i]]) for i in range(50)])
+    np.testing.assert_allclose(jumps, big["c"][:, 0] - big["c"][:, 1], atol=0.2)
+
+
+def test_inference_layout_is_the_originals():
+    p = gp.make_pairs(30, 40, seed=4)
+    lay = gp.inference_layout(p, context_p=5, pool=12, seed=0)
+    n, first = 20, lay["first"]
+    assert first == 25
+    for i in range(30):
+        assert sorted(zip(lay["x"][i], lay["y"][i])) == sorted(zip(p["x"][i], p["y"][i]))  # same points
+        s, x = lay["s"][i], lay["x"][i]
+        assert (s[:n] == 1).all() and (s[n:] == 0).all()
+        assert (np.diff(x[:n]) > 0).all() and (np.diff(x[n:first]) > 0).all() and (np.diff(x[first:]) > 0).all()
+        low = np.sort(x[n:])[:12]
+        assert np.isin(x[n:first], low).all()  # the context: 5 of the 12 lowest series-0 points
+    picks = {tuple(np.round(r[n:first], 6)) for r in lay["x"]}
+    assert len(picks) == 30  # picked at random per example
+    with pytest.raises(ValueError, match="context_p"):
+        gp.inference_layout(p, context_p=13, pool=12)
 
 
 def test_generator_statistics():
     p = gp.make_pairs(3000, 8, seed=1)
     assert abs(p["c"].std() - 2.0) < 0.15
-    assert abs((p["y"][:, 0] - p["c"][:, 1]).var() - 1.0) < 0.1  # f has unit variance
+    f = p["y"] - np.where(p["s"] == 1, p["c"][:, 1:2], p["c"][:, 0:1])
+    assert abs(f.var() - 1.0) < 0.1  # f has unit variance
+    noisy = gp.make_pairs(3000, 8, noise=0.1, seed=1)
+    assert abs((noisy["y"] - p["y"]).std() - 0.1) < 0.01  # same draws, plus N(0, 0.1²)
     with pytest.raises(ValueError, match="kernel"):
         gp.make_pairs(2, 8, kernel_name="nope")
     with pytest.raises(ValueError, match="n_points"):
@@ -75,7 +104,8 @@ def test_posterior_matches_sklearn_on_one_series():
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
     p = _pair()
-    x, s, y = p["x"][1, :20], p["s"][1, :20], p["y"][1, :20]  # series 1 alone: k + 4 (its offset) + noise
+    one = p["s"][1] == 1
+    x, s, y = p["x"][1, one], p["s"][1, one], p["y"][1, one]  # series 1 alone: k + 4 (its offset) + noise
     obs = np.zeros(20, bool)
     obs[::2] = True
     mean, cov = gp.posterior(x, s, y, obs, noise=0.1, jitter=0.0)
@@ -87,7 +117,7 @@ def test_posterior_matches_sklearn_on_one_series():
 
 
 def test_order_violation_is_small_when_the_gap_is_seen():
-    p = gp.make_pairs(1, 40, seed=5)
+    p = gp.inference_layout(gp.make_pairs(1, 40, seed=5), context_p=5, pool=10)
     obs = np.zeros(40, bool)
     obs[:25] = True  # all of series 1 and 5 points of series 0: the gap c0 - c1 is known
     prob, bound = gp.order_violation(p["x"][0], p["s"][0], p["y"][0], obs)
@@ -110,8 +140,11 @@ def _inp(n_points=24, seed=0):
 
 MODELS = {
     "faithful": lambda: models.Faithful(embed=16),
+    "faithful_4_heads": lambda: models.Faithful(embed=16, heads=4),
     "series_qk_no_relu": lambda: models.Faithful(embed=16, series_qk=True, no_relu=True),
+    "residual": lambda: models.Faithful(embed=16, residual=True),
     "repaired": lambda: models.Repaired(width=16, heads=2, layers=2, n_freq=4),
+    "repaired_on_baseline": lambda: models.Repaired(width=16, heads=2, layers=2, n_freq=4, on_baseline=True),
 }
 
 
@@ -133,7 +166,7 @@ def test_changing_a_later_y_never_changes_an_earlier_prediction(name):
     assert att.shape == (3, 24, 24)
     assert torch.all(att.triu() == 0)  # row t only weighs points j < t
     total = att[:, 1:].sum(-1).detach().numpy()
-    if name == "repaired":  # the rest of its weight sits on the learned "nothing seen yet" token
+    if name.startswith("repaired"):  # the rest of its weight sits on the learned "nothing seen yet" token
         assert (total <= 1 + 1e-5).all()
     else:
         np.testing.assert_allclose(total, 1.0, atol=1e-5)
@@ -175,8 +208,39 @@ def test_rollout_is_causal_and_feeds_back_predictions():
 
 
 def test_x_index_matches_the_original_grid():
-    idx = models.x_index(torch.tensor([5.0, 10.0, 14.99, 1.0]))
-    assert idx.tolist() == [280, 380, 479, 200]
+    grid = np.arange(1, 15.1, 0.05)  # the original: 200 + the first grid position with x <= grid value
+    x = np.array([5.01, 10.013, 14.99, 1.0, 1.02, 15.07, 20.0, 7.3333])
+    want = [200 + (np.where(v <= grid)[0][0] if v <= grid.max() else len(grid) - 1) for v in x]
+    assert models.x_index(torch.tensor(x)).tolist() == want
+
+
+def test_same_weights_with_1_and_32_heads_give_different_outputs():
+    """The original trained a 1-head model and rebuilt it with 32 heads for inference from the same weights."""
+    torch.manual_seed(0)
+    one = models.Faithful(embed=64, heads=1).eval()
+    many = models.Faithful(embed=64, heads=32).eval()
+    many.load_state_dict(one.state_dict())  # identical parameter shapes: only the reshape differs
+    inp = _inp(24)
+    out1, out32 = one(inp), many(inp)
+    assert not torch.allclose(out1, out32, atol=1e-4)
+    one.heads = 32  # the attribute the chapter flips for inference does the same
+    assert torch.allclose(one(inp), out32)
+    with pytest.raises(ValueError, match="heads"):
+        models.Faithful(embed=20, heads=32)
+
+
+def test_twin_baseline_is_the_parameter_free_baseline_in_the_inference_layout():
+    cfg = gpx.Config(n_points=40, context=4, context_p=5, pool=12)
+    test = gp.inference_layout(gp.make_pairs(6, 40, seed=1), cfg.context_p, cfg.pool, seed=0)
+    base = gpx.baseline(test, cfg)
+    tb = models.twin_baseline(gpx.to_tensor(test))[:, cfg.first].numpy()
+    np.testing.assert_allclose(tb, base["mean"][:, 0], atol=1e-5)
+    assert base["rollout_rmse"] < 0.5 * np.std(test["y"][:, cfg.first:])  # it is a real prediction
+
+
+def test_nearest_same_series_uses_earlier_points_only():
+    inp = torch.tensor([[[5.0, 1, 1.0], [6.0, 0, 2.0], [5.9, 1, 3.0], [6.1, 0, 4.0], [5.0, 0, 5.0]]])
+    assert models.nearest_same_series(inp)[0].tolist() == [0.0, 0.0, 1.0, 2.0, 2.0]
 
 
 def test_losses_on_hand_computed_values():
@@ -199,18 +263,102 @@ def test_losses_on_hand_computed_values():
     assert models.masked_loss("exact")(out, tgt).item() == pytest.approx(0.5 * math.log(2 * math.pi) + 2.0)
 
 
-def test_training_regimes():
-    p = gp.make_pairs(8, 12, seed=0)
-    cfg = gpx.Config(n_points=12, context=3, context_p=2, batch=4)
-    for regime in gpx.REGIMES:
-        b = gpx.Batches(p, regime, cfg, 2, seed=0)
-        batches = list(b)
-        assert len(batches) == 2
-        inp, tgt = batches[0]
-        assert inp.shape == (4, 12, 3) and tgt.shape == (4, 12, 2)
-        assert (tgt[..., 1] == (torch.arange(12) >= 3).float()).all()
-        assert torch.equal(tgt[..., 0], inp[..., 2])
-        if regime == "full_infer":  # series 1 sorted, then series 0 sorted
-            assert (inp[:, :6, 1] == 1).all() and (inp[:, :6, 0].diff(dim=1) >= 0).all()
+def test_training_regimes_follow_the_original():
+    p = gp.make_pairs(16, 24, seed=0)
+    cfg = gpx.Config(n_points=24, context=3, context_p=4, pool=8, batch=8)
+    raw = gpx.to_tensor(p)[:8]
+    # shuffle: ONE permutation of the columns for the whole batch, targets after `context`
+    inp, first = gpx.arrange(raw, "shuffle", cfg, torch.Generator().manual_seed(0))
+    perm = [int((raw[0, :, 0] == v).nonzero()) for v in inp[0, :, 0]]
+    assert torch.equal(inp, raw[:, perm]) and (first == 3).all()
+    # full_infer: sorted, the lowest 2*context of both series, then the seen series, then the other (targets)
+    seen_counts = set()
+    for seed in range(6):
+        inp, first = gpx.arrange(raw, "full_infer", cfg, torch.Generator().manual_seed(seed))
+        for i in range(8):
+            x, s, f = inp[i, :, 0], inp[i, :, 1], int(first[i])
+            assert (x[:6].diff() > 0).all() and (x[6:f].diff() > 0).all() and (x[f:].diff() > 0).all()
+            assert len(set(s[6:f].tolist())) <= 1 and len(set(s[f:].tolist())) == 1
+            assert x[:6].max() < x[6:].min()
+        seen_counts.add(int(inp[0, -1, 1]))  # the target series, drawn once per batch
+        assert len(set(inp[:, -1, 1].tolist())) == 1
+    assert seen_counts == {0, 1}
+    # infer: the inference layout with fresh random context picks
+    inp, first = gpx.arrange(raw, "infer", cfg, torch.Generator().manual_seed(0))
+    assert (first == 16).all() and (inp[:, :12, 1] == 1).all() and (inp[:, 12:, 1] == 0).all()
+    # half_half: all four layouts appear over batches
+    kinds = set()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        inp, first = gpx.arrange(raw, "half_half", cfg, gen)
+        kinds.add("seen_then_rest" if (first != 3).any() else "raw" if torch.equal(inp, raw) else "shuffle")
+    assert kinds == {"seen_then_rest", "raw", "shuffle"}
+    b = gpx.Batches(p, "full_infer", cfg, 2, seed=0)
+    inp, tgt = next(iter(b))
+    assert inp.shape == (8, 24, 3) and torch.equal(tgt[..., 0], inp[..., 2])
+    assert set(tgt[..., 1].unique().tolist()) == {0.0, 1.0}
     with pytest.raises(ValueError, match="regime"):
-        gpx.arrange(b.raw[:2], b.srt[:2], "nope", torch.Generator())
+        gpx.arrange(raw, "nope", cfg, torch.Generator())
+
+
+def test_first_step_stats_see_a_copy_of_the_seen_series():
+    test = gp.inference_layout(gp.make_pairs(200, 40, seed=2), 5, 12, seed=0)
+    first = 25
+    copy = gpx.seen_at(test, test["x"][:, first:first + 1])[:, 0]  # predict the seen series' value: a full drop
+    st = gpx.first_step_stats(copy, test, first)
+    assert st["toward"] == 1.0 and st["first_step"] < -1.0
+    assert st["gap_slope"] == pytest.approx(-1.0, abs=0.1) and st["gap_corr"] < -0.95
+    exact = gpx.first_step_stats(test["y"][:, first] + 0.01, test, first)
+    assert exact["first_abs"] == pytest.approx(0.01) and abs(exact["gap_slope"]) < 1e-9
+
+
+def _summ(rows):
+    df = pd.DataFrame(rows).set_index("key")
+    for m in gpx.METRICS:
+        df[m] = df.get(m, 0.0)
+        df[f"{m}_sd"] = df.get(f"{m}_sd", 0.0)
+    df["model"] = df.index
+    df["cause"] = "x"
+    return df
+
+
+def test_verdicts_follow_the_numbers():
+    summ = _summ([
+        {"key": "faithful", "first_abs": 1.0, "first_abs_sd": 0.05, "n_seeds": 3, "gap_slope": -0.5,
+         "gap_slope_sd": 0.05, "gap_corr": -0.6},
+        {"key": "series_qk", "first_abs": 0.3, "first_abs_sd": 0.05, "n_seeds": 3},    # removes most
+        {"key": "no_relu", "first_abs": 0.8, "first_abs_sd": 0.05, "n_seeds": 3},      # some
+        {"key": "exact_nll", "first_abs": 1.02, "first_abs_sd": 0.1, "n_seeds": 3},    # noise
+        {"key": "residual", "first_abs": 1.5, "first_abs_sd": 0.05, "n_seeds": 3},     # worse
+        {"key": "heads", "first_abs": 0.2, "first_abs_sd": 0.0, "n_seeds": 1},         # one seed
+        {"key": "oracle", "first_abs": 0.0, "n_seeds": 0},
+    ])
+    table = gpx.causes_table(summ).set_index("key")
+    assert table.loc["series_qk", "verdict"] == "explains most of the error"
+    assert table.loc["no_relu", "verdict"].startswith("matters, but")
+    assert table.loc["exact_nll", "verdict"].startswith("does not matter")
+    assert table.loc["residual", "verdict"] == "makes it worse"
+    assert table.loc["heads", "verdict"].startswith("cannot be decided")
+    assert table.loc["series_qk", "share of excess removed"] == pytest.approx(0.7)
+    assert gpx.drop_verdict(summ).startswith("a steady drop towards the seen series")
+    summ.loc["faithful", "gap_slope_sd"] = 0.6  # the slope is within seed noise of zero
+    assert gpx.drop_verdict(summ).startswith("no steady drop")
+    summ.loc["faithful", "n_seeds"] = 1
+    assert "single seed" in gpx.drop_verdict(summ)
+
+
+def test_parallel_training_gives_the_same_models():
+    cfg = gpx.Config(n_points=24, context=3, context_p=3, pool=6, embed=32, width=16, layers=1, steps=6, evals=2)
+    tr, va = gp.make_pairs(40, 24, seed=0), gp.make_pairs(10, 24, seed=1)
+    keys = ["faithful", "teacher_forced", "repaired"]
+    from nbhelpers import runtime
+
+    with runtime.threads(1):  # the workers run one thread each; sums split over threads round differently
+        one = gpx.train_rows(keys, tr, va, cfg, [0, 1], progress=False)
+        two = gpx.train_rows(keys, tr, va, cfg, [0, 1], progress=False, workers=2)
+    for s in (0, 1):
+        assert set(one[s]) == set(two[s]) == {"faithful", "repaired"}  # rows that do not train are not trained
+        for k in one[s]:
+            a, b = one[s][k].model.state_dict(), two[s][k].model.state_dict()
+            assert all(torch.equal(a[n], b[n]) for n in a), (s, k)
+    assert not torch.equal(one[0]["faithful"].model.q.weight, one[1]["faithful"].model.q.weight)  # seeds differ

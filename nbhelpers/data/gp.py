@@ -1,22 +1,31 @@
 """Chapter 2 data: pairs of GP series that differ by a constant offset, and the exact GP posterior (the oracle).
 
-A *pair* is one draw f ~ GP(0, k) over x ~ U(5, 15) plus two offsets c0, c1 ~ N(0, 2²): series s is
-y = f(x) + c_s (+ N(0, σ_n²) observation noise in the noisy variant). Both series share the same x values. The
-original's convention: the **flag** of a series is 1 for the *smaller* offset, so series 1 is always the lower curve.
+Ported from the original's ``data_gen2d(bias='const', kernel='rbf')``. One example has ``n_points`` (400)
+**distinct** x values, x ~ U(5, 15), drawn once; about half of the examples have them sorted. One GP draw f
+(unit variance, length scale 1) is taken over all of them, two offsets c ~ N(0, 2²) are drawn, each is tiled
+n_points / 2 times and the offsets are **randomly permuted over the points**: the two series interleave, each at
+its own x values, and no point of one series sits at the x of a point of the other. y = f(x) + c_s (+ N(0, σ_n²)
+in the noisy variant). The series **flag** is 1 for the *smaller* offset, so series 1 is always the lower curve.
 
-Every example is stored in the *inference layout* of the original: all of series 1 (flag 1) first, then series 0,
-each block in the example's own x order (sorted for half of the examples). Arrays are (N, 2n): ``x``, ``s`` (flag,
-int64) and ``y``; ``c`` (N, 2) holds the offsets (c[:, 0] for flag 0, c[:, 1] for flag 1).
+Examples are stored in the order they were generated (``x``, ``s`` flag int64, ``y``: (N, n_points); ``c``: (N, 2)
+with c[:, 0] the offset of flag 0 and c[:, 1] of flag 1; ``sorted``: (N,)). ``inference_layout`` rearranges them
+the way the original's inference did: sorted by x, all of series 1, then ``context_p`` series-0 points picked at
+random among its lowest ``pool`` points, then the rest of series 0 in x order.
 
 Because f and the offsets are Gaussian, any set of points of a pair is jointly Gaussian with covariance
 k(x, x') + 4·[same series] + σ_n²·[same point] — except for the flag convention, which orders the offsets
 (c0 > c1) and so makes the Gaussian posterior a *near*-oracle: ``order_violation`` measures how near.
+
+One difference from the original, kept on purpose: the original drew f with scikit-learn's
+``GaussianProcessRegressor.sample_y``, whose default ``random_state=0`` re-uses the same normal vector for every
+example; here every example gets its own draw (the chapter says so).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import torch
 from scipy import linalg, special
 
 KERNELS = ("rbf", "matern52", "periodic")
@@ -25,17 +34,21 @@ OFFSET_SD = 2.0
 JITTER = 1e-6  # added to the diagonal of noise-free covariances (their dense x grids are numerically singular)
 
 
-def kernel(name: str, a, b, lengthscale: float = 1.0, period: float = 3.0) -> np.ndarray:
-    """Unit-variance stationary kernel matrix k(a_i, b_j) for 1-D inputs: rbf, matern52 or periodic."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    d = np.abs(a[..., :, None] - b[..., None, :])
+def kernel(name: str, a, b, lengthscale: float = 1.0, period: float = 3.0):
+    """Unit-variance stationary kernel matrix k(a_i, b_j) for 1-D inputs: rbf, matern52 or periodic.
+    numpy arrays in, numpy out; torch tensors in, torch out (on their device)."""
+    if isinstance(a, torch.Tensor):
+        xp, d = torch, (a[..., :, None] - b[..., None, :]).abs()
+    else:
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        xp, d = np, np.abs(a[..., :, None] - b[..., None, :])
     if name == "rbf":
-        return np.exp(-0.5 * (d / lengthscale) ** 2)
+        return xp.exp(-0.5 * (d / lengthscale) ** 2)
     if name == "matern52":
         r = math.sqrt(5.0) * d / lengthscale
-        return (1.0 + r + r * r / 3.0) * np.exp(-r)
+        return (1.0 + r + r * r / 3.0) * xp.exp(-r)
     if name == "periodic":
-        return np.exp(-2.0 * np.sin(np.pi * d / period) ** 2 / lengthscale ** 2)
+        return xp.exp(-2.0 * xp.sin(np.pi * d / period) ** 2 / lengthscale ** 2)
     raise ValueError(f"kernel={name!r} is not allowed; choose one of {', '.join(KERNELS)}")
 
 
@@ -48,11 +61,12 @@ def pair_cov(x, s, kernel_name: str = "rbf", noise: float = 0.0, jitter: float =
 
 
 def make_pairs(n_examples: int, n_points: int = 400, kernel_name: str = "rbf", noise: float = 0.0,
-               sorted_frac: float = 0.5, seed: int = 0) -> dict:
-    """Draw ``n_examples`` pairs of ``n_points`` points (n_points / 2 per series) in the inference layout.
+               sorted_frac: float = 0.5, seed: int = 0, device="cpu") -> dict:
+    """Draw ``n_examples`` pairs of ``n_points`` distinct points (n_points / 2 per series), in generation order.
 
     sorted_frac: the fraction of examples whose x values are sorted (the original: half); the rest keep a random
-    order. Returns {"x", "s", "y" (N, n_points), "c" (N, 2), "sorted" (N,) bool, "kernel", "noise"}.
+    order. device: where the batched float64 Cholesky factorisations run (all random numbers come from one numpy
+    generator, so the pairs do not depend on it beyond rounding). Returns {"x", "s", "y" (N, n_points), "c" (N, 2), "sorted" (N,) bool, "kernel", "noise"}.
     """
     if n_points < 4 or n_points % 2:
         raise ValueError(f"n_points={n_points} must be an even number >= 4 (two series of n_points/2)")
@@ -60,35 +74,61 @@ def make_pairs(n_examples: int, n_points: int = 400, kernel_name: str = "rbf", n
         raise ValueError(f"kernel={kernel_name!r} is not allowed; choose one of {', '.join(KERNELS)}")
     rng = np.random.default_rng(seed)
     n = n_points // 2
-    xs = rng.uniform(X_LO, X_HI, size=(n_examples, n))
+    x = rng.uniform(X_LO, X_HI, size=(n_examples, n_points))
     is_sorted = rng.random(n_examples) < sorted_frac
-    xs[is_sorted] = np.sort(xs[is_sorted], axis=1)
-    f = np.empty((n_examples, n))
-    chunk = 256
-    for i in range(0, n_examples, chunk):  # batched Cholesky draws of f on each example's own grid
-        xc = xs[i:i + chunk]
-        L = np.linalg.cholesky(kernel(kernel_name, xc, xc) + JITTER * np.eye(n))
-        f[i:i + chunk] = (L @ rng.standard_normal((len(xc), n, 1)))[..., 0]
+    x[is_sorted] = np.sort(x[is_sorted], axis=1)
+    f = np.empty((n_examples, n_points))
+    chunk = 128
+    for i in range(0, n_examples, chunk):  # batched Cholesky draws of f on each example's own x values
+        xc = torch.from_numpy(x[i:i + chunk]).to(device)
+        K = kernel(kernel_name, xc, xc) + JITTER * torch.eye(n_points, dtype=xc.dtype, device=device)
+        z = torch.from_numpy(rng.standard_normal((len(xc), n_points, 1))).to(device)
+        f[i:i + chunk] = (torch.linalg.cholesky(K) @ z)[..., 0].cpu().numpy()
     raw = rng.normal(0.0, OFFSET_SD, size=(n_examples, 2))
     c = np.stack([raw.max(1), raw.min(1)], axis=1)  # flag 0 = larger offset, flag 1 = smaller (lower curve)
-    y1, y0 = f + c[:, 1:2], f + c[:, 0:1]
-    x = np.concatenate([xs, xs], axis=1)
-    s = np.concatenate([np.ones((n_examples, n), np.int64), np.zeros((n_examples, n), np.int64)], axis=1)
-    y = np.concatenate([y1, y0], axis=1)
+    # the offsets permuted over the points: n flags of each kind in a random order per example
+    s = (np.argsort(rng.random((n_examples, n_points)), axis=1) < n).astype(np.int64)
+    y = f + np.where(s == 1, c[:, 1:2], c[:, 0:1])
     if noise:
         y = y + rng.normal(0.0, noise, size=y.shape)
     return {"x": x, "s": s, "y": y, "c": c, "sorted": is_sorted, "kernel": kernel_name, "noise": float(noise)}
 
 
-def sort_by_x(pairs: dict) -> dict:
-    """A copy with each series' points sorted by x (the layout used for rollouts and figures)."""
-    n = pairs["x"].shape[1] // 2
-    order = np.argsort(pairs["x"][:, :n], axis=1)
-    idx = np.concatenate([order, order + n], axis=1)
+def _take(pairs: dict, idx: np.ndarray) -> dict:
     out = dict(pairs)
     for k in ("x", "s", "y"):
         out[k] = np.take_along_axis(pairs[k], idx, axis=1)
-    out["sorted"] = np.ones(len(idx), bool)
+    return out
+
+
+def sort_by_x(pairs: dict) -> dict:
+    """A copy with every example's points sorted by x (both series interleaved)."""
+    out = _take(pairs, np.argsort(pairs["x"], axis=1, kind="stable"))
+    out["sorted"] = np.ones(len(out["x"]), bool)
+    return out
+
+
+def inference_layout(pairs: dict, context_p: int, pool: int, seed: int = 0) -> dict:
+    """The original's inference layout (``consec=False``): sorted by x, all of series 1, then ``context_p`` points
+    of series 0 picked at random among its ``pool`` lowest, then the rest of series 0 in x order.
+
+    The first predicted point is at index n_points / 2 + context_p (``first``). Adds ``first`` to the dict.
+    """
+    n = pairs["x"].shape[1] // 2
+    if not 1 <= context_p <= pool <= n:
+        raise ValueError(f"context_p={context_p} and pool={pool} must satisfy 1 <= context_p <= pool <= "
+                         f"n_points / 2 = {n}")
+    srt = sort_by_x(pairs)
+    rng = np.random.default_rng(seed)
+    rank0 = np.cumsum(srt["s"] == 0, axis=1) - 1               # rank of a series-0 point among series 0
+    picked = np.zeros(srt["s"].shape, bool)
+    for i in range(len(picked)):
+        choice = rng.choice(pool, size=context_p, replace=False)
+        picked[i] = (srt["s"][i] == 0) & np.isin(rank0[i], choice)
+    T = srt["x"].shape[1]
+    key = np.where(srt["s"] == 1, 0, np.where(picked, 1, 2)) * T + np.arange(T)  # block, then x order
+    out = _take(srt, np.argsort(key, axis=1))
+    out["first"] = n + context_p
     return out
 
 

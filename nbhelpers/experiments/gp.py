@@ -1,13 +1,14 @@
-"""Chapter 2 experiment: train the faithful model, one ablation per cause and the repaired model on GP pairs;
-evaluate teacher-forced and autoregressive predictions against the truth and the exact GP posterior (the oracle).
+"""Chapter 2 experiment: train the faithful model, one ablation per cause of the drop and the repaired model on
+GP pairs, over several seeds; evaluate teacher-forced and autoregressive predictions against the truth, the exact
+GP posterior (the oracle) and a parameter-free baseline; decide each cause by the numbers.
 
-Rows of every table (``ROWS``): the faithful model, one switch flipped per cause of the drop, and the repaired
-model. ``teacher_forced`` needs no training: it is the faithful model evaluated with the true previous values.
+Rows (``ROWS``): the faithful model, one change per cause, and the repaired model. Rows that do not train
+(``teacher_forced``, ``heads``) evaluate the faithful model's weights another way.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,7 +20,7 @@ from ..data import gp as data
 from ..models import gp as models
 from ..viz import plots
 
-REGIMES = ("shuffle", "full_infer", "half_half")
+REGIMES = ("shuffle", "full_infer", "half_half", "infer")
 
 
 @dataclass(frozen=True)
@@ -31,28 +32,42 @@ class Row:
     regime: str = "shuffle"
     loss: str = "original"
     teacher_forced: bool = False     # evaluate the rollout with the true previous values (no training)
+    consistent_heads: bool = False   # evaluate with the heads it was trained with (no training)
     trains: bool = True
+    decide_on: str = "first_abs"     # the metric that decides whether this cause matters
 
 
 ROWS = {
     "faithful": Row("Faithful (original)", "—"),
     "series_qk": Row("+ series flag in q/k", "(1) series identity not in q/k", switches={"series_qk": True}),
-    "full_infer": Row("train in inference order", "(2) training order ≠ inference order", regime="full_infer"),
-    "half_half": Row("half_half regime", "(2) half of each order", regime="half_half"),
-    "teacher_forced": Row("teacher-forced rollout", "(3) exposure bias", teacher_forced=True, trains=False),
-    "no_relu": Row("no ReLU before softmax", "(4) ReLU keeps attention broad", switches={"no_relu": True}),
+    "infer_order": Row("trained in the inference layout", "(2) training order ≠ inference order", regime="infer"),
+    "full_infer": Row("original's full_infer regime", "(2) the original's alternative order", regime="full_infer"),
+    "half_half": Row("original's half_half regime", "(2) the original's four-way mix", regime="half_half"),
+    "teacher_forced": Row("teacher-forced rollout", "(3) exposure bias", teacher_forced=True, trains=False,
+                          decide_on="rollout_rmse"),
+    "no_relu": Row("no ReLU before softmax", "(4) ReLU of the scores", switches={"no_relu": True}),
     "exact_nll": Row("exact Gaussian NLL", "(5) non-exact loss", loss="exact"),
-    "repaired": Row("Repaired", "all five", model="repaired", regime="full_infer", loss="exact"),
+    "heads": Row("inferred with the training heads", "(6) 1 vs 32 heads", consistent_heads=True, trains=False),
+    "residual": Row("μ as residual on nearest seen value", "(7) μ from scratch", switches={"residual": True}),
+    "repaired": Row("Repaired", "all of them", model="repaired", regime="infer", loss="exact",
+                    switches={"on_baseline": True}),
+    "attention_only": Row("Repaired without the baseline residual", "control: μ from scratch", model="repaired",
+                          regime="infer", loss="exact", switches={"on_baseline": False}),
 }
+ABLATIONS = tuple(k for k, r in ROWS.items() if k != "faithful" and r.model == "faithful")
 TRAINED = tuple(k for k, r in ROWS.items() if r.trains)
+METRICS = ("first_step", "first_abs", "toward", "gap_slope", "gap_corr", "rollout_rmse", "tf_r2", "loglik")
 
 
 @dataclass
 class Config:
     n_points: int = 400      # points per example (half per series)
-    context: int = 50        # training: the first `context` points of each sequence are not targets
-    context_p: int = 20      # inference: points of series 0 seen before the rollout starts
+    context: int = 50        # training: the first `context` points are inputs only (full_infer: the lowest 2x)
+    context_p: int = 50      # inference: series-0 points seen before the rollout starts...
+    pool: int = 120          # ...picked at random among its `pool` lowest (the original: 50 of 120)
     embed: int = 512         # faithful embedding width
+    train_heads: int = 1     # faithful: heads it is trained with (the original built a new model with 1)...
+    infer_heads: int = 32    # ...and heads it is rebuilt with for inference (the saved spec said 32)
     width: int = 64          # repaired model width
     layers: int = 2          # repaired model blocks per stream
     heads: int = 4           # repaired model attention heads
@@ -67,40 +82,99 @@ class Config:
         """Index of the first predicted point in the inference layout (series 1, then series 0)."""
         return self.n_points // 2 + self.context_p
 
+    def check(self) -> None:
+        n = self.n_points // 2
+        if self.n_points % 2 or self.n_points < 8:
+            raise ValueError(f"parameter n_points={self.n_points} is not allowed: expected an even number >= 8")
+        if not 1 <= self.context_p <= self.pool <= n:
+            raise ValueError(f"parameters context_p={self.context_p} / context_pool={self.pool} are not allowed: "
+                             f"expected 1 <= context_p <= context_pool <= n_points / 2 = {n}")
+        if not 1 <= 2 * self.context < self.n_points:
+            raise ValueError(f"parameter context={self.context} is not allowed: expected 2 * context < n_points "
+                             f"({self.n_points})")
+        for h in (self.train_heads, self.infer_heads):
+            if self.embed % h:
+                raise ValueError(f"parameter embed={self.embed} is not allowed: expected a multiple of the "
+                                 f"{h} heads of the faithful model")
+        if self.width % self.heads:
+            raise ValueError(f"parameter width={self.width} is not allowed: expected a multiple of the "
+                             f"{self.heads} heads")
+
 
 def to_tensor(pairs: dict, device="cpu") -> torch.Tensor:
     """Packed (N, T, 3) = (x, flag, y) float32 tensor in the pairs' own layout."""
     return torch.as_tensor(np.stack([pairs["x"], pairs["s"], pairs["y"]], -1), dtype=torch.float32, device=device)
 
 
-def arrange(raw: torch.Tensor, srt: torch.Tensor, regime: str, gen: torch.Generator) -> torch.Tensor:
-    """Order a batch of examples for training: ``shuffle`` = random permutation of all points; ``full_infer`` =
-    the inference order (series 1 sorted by x, then series 0 sorted); ``half_half`` = each example either way."""
+def _gather(inp: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    return torch.gather(inp, 1, order[..., None].expand_as(inp))
+
+
+def _by_x(inp):
+    return _gather(inp, torch.argsort(inp[..., 0], dim=1, stable=True))
+
+
+def seen_then_rest(inp: torch.Tensor, seen: int, context: int):
+    """The original's ``rearange_tr_2d``: sorted by x, the lowest 2·context points (both series), then the rest of
+    series ``seen``, then the rest of the other series (the targets). Returns (inp, first target index per row)."""
+    srt = _by_x(inp)
+    T = srt.shape[1]
+    pos = torch.arange(T)
+    block = torch.where(pos < 2 * context, 0, torch.where(srt[..., 1] == seen, 1, 2))
+    first = 2 * context + ((pos >= 2 * context) & (srt[..., 1] == seen)).sum(1)
+    return _gather(srt, torch.argsort(block * T + pos, dim=1)), first
+
+
+def infer_layout(inp: torch.Tensor, context_p: int, pool: int, gen: torch.Generator):
+    """``data.inference_layout`` for a batch tensor, the context points drawn afresh per example."""
+    srt = _by_x(inp)
+    T = srt.shape[1]
+    is0 = srt[..., 1] == 0
+    rank0 = (is0.long().cumsum(1) - 1).clamp(min=0)
+    pick = torch.zeros(len(inp), pool, dtype=torch.bool)
+    pick.scatter_(1, torch.argsort(torch.rand(len(inp), pool, generator=gen), 1)[:, :context_p], True)
+    picked = is0 & (rank0 < pool) & torch.gather(pick, 1, rank0.clamp(max=pool - 1))
+    block = torch.where(~is0, 0, torch.where(picked, 1, 2))
+    first = torch.full((len(inp),), T // 2 + context_p)
+    return _gather(srt, torch.argsort(block * T + torch.arange(T), dim=1)), first
+
+
+def arrange(raw: torch.Tensor, regime: str, cfg: Config, gen: torch.Generator):
+    """Order one batch of examples (generation order) for training, as the original's ``batch_regime_2d``.
+
+    shuffle: **one** random permutation of the columns for the whole batch, targets after ``context``;
+    full_infer: ``seen_then_rest`` with the seen series drawn once per batch (as the original's code; SPEC says
+    per example); half_half: per batch, a quarter each of full_infer seen 1, seen 0, shuffle, and the raw order;
+    infer: the inference layout (series 1 seen, context_p of series 0 from its lowest ``pool``).
+    Returns (inp, first target index per row)."""
     if regime not in REGIMES:
         raise ValueError(f"regime={regime!r} is not allowed; choose one of {', '.join(REGIMES)}")
+    B, T, _ = raw.shape
+    if regime == "infer":
+        return infer_layout(raw, cfg.context_p, cfg.pool, gen)
+    p = float(torch.rand((), generator=gen))
     if regime == "full_infer":
-        return srt
-    perm = torch.argsort(torch.rand(raw.shape[:2], generator=gen), dim=1)
-    shuffled = torch.gather(raw, 1, perm[..., None].expand_as(raw))
-    if regime == "shuffle":
-        return shuffled
-    pick = torch.rand(len(raw), generator=gen) < 0.5
-    return torch.where(pick[:, None, None], shuffled, srt)
+        return seen_then_rest(raw, 1 if p <= 0.5 else 0, cfg.context)
+    if regime == "half_half" and p <= 0.5:
+        return seen_then_rest(raw, 1 if p <= 0.25 else 0, cfg.context)
+    out = raw
+    if regime == "shuffle" or p <= 0.75:
+        out = raw[:, torch.randperm(T, generator=gen)]
+    return out, torch.full((B,), cfg.context)
 
 
 class Batches:
-    """``steps_per_epoch`` random batches per pass, arranged by the regime; targets = positions >= context."""
+    """``steps_per_epoch`` random batches per pass, arranged by the regime; targets from each row's first target."""
 
     def __init__(self, pairs: dict, regime: str, cfg: Config, steps_per_epoch: int, seed: int):
-        self.raw, self.srt = to_tensor(pairs), to_tensor(data.sort_by_x(pairs))
+        self.raw = to_tensor(pairs)
         self.regime, self.cfg, self.steps = regime, cfg, steps_per_epoch
         self.gen = torch.Generator().manual_seed(seed)
-        T = self.raw.shape[1]
-        self.mask = (torch.arange(T) >= cfg.context).float()
 
     def batch(self, idx):
-        inp = arrange(self.raw[idx], self.srt[idx], self.regime, self.gen)
-        return inp, torch.stack([inp[..., 2], self.mask.expand(len(idx), -1)], -1)
+        inp, first = arrange(self.raw[idx], self.regime, self.cfg, self.gen)
+        mask = (torch.arange(inp.shape[1]) >= first[:, None]).float()
+        return inp, torch.stack([inp[..., 2], mask], -1)
 
     def __iter__(self):
         for _ in range(self.steps):
@@ -109,8 +183,9 @@ class Batches:
 
 def build(row: Row, cfg: Config) -> torch.nn.Module:
     if row.model == "repaired":
-        return models.Repaired(width=cfg.width, heads=cfg.heads, layers=cfg.layers, self_feed=cfg.self_feed)
-    return models.Faithful(embed=cfg.embed, **row.switches)
+        return models.Repaired(width=cfg.width, heads=cfg.heads, layers=cfg.layers, self_feed=cfg.self_feed,
+                               **row.switches)
+    return models.Faithful(embed=cfg.embed, heads=cfg.train_heads, **row.switches)
 
 
 @dataclass
@@ -120,6 +195,7 @@ class Trained:
     model: torch.nn.Module
     history: training.History
     params: int
+    seed: int = 0
 
 
 def train_row(key: str, train_pairs: dict, val_pairs: dict, cfg: Config, seed: int, device="cpu") -> Trained:
@@ -137,14 +213,59 @@ def train_row(key: str, train_pairs: dict, val_pairs: dict, cfg: Config, seed: i
                         epochs=max(1, cfg.steps // per_epoch), device=device, progress=False,
                         evaluate=lambda m: {"val_loss": float(loss(m(vin), vt)), "val_nll": float(nll(m(vin), vt))},
                         desc=key)
-    return Trained(key, row, model.eval(), hist, models.count_params(model))
+    return Trained(key, row, model.eval(), hist, models.count_params(model), seed)
 
 
-def train_rows(keys, train_pairs, val_pairs, cfg: Config, seed: int, device="cpu", progress: bool = True) -> dict:
+_SHARED: dict = {}  # the data a forked worker inherits (never pickled)
+
+
+def _train_job(job):
+    key, seed, cfg, device, threads = job
+    torch.set_num_threads(threads)
+    return train_row(key, _SHARED["train"], _SHARED["val"], cfg, seed, device)
+
+
+def train_rows(keys, train_pairs, val_pairs, cfg: Config, seeds, device="cpu", progress: bool = True,
+               workers: int = 1) -> dict:
+    """{seed: {key: Trained}} for every seed and every trained row among ``keys``.
+
+    workers > 1 (CPU only): train that many models at once in forked processes of one torch thread each; every
+    run is seeded on its own, so the results are the same as with one worker at one thread.
+    """
     from tqdm.std import tqdm
 
-    return {k: train_row(k, train_pairs, val_pairs, cfg, seed, device)
-            for k in tqdm(keys, desc="models", disable=not progress, mininterval=5)}
+    todo = [(s, k) for s in seeds for k in keys if ROWS[k].trains]
+    out = {s: {} for s in seeds}
+    bar = tqdm(total=len(todo), desc="models", disable=not progress, mininterval=5)
+    if workers > 1 and str(device) == "cpu" and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        _SHARED.update(train=train_pairs, val=val_pairs)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                jobs = [(k, s, cfg, "cpu", 1) for s, k in todo]
+                for (s, k), tr in zip(todo, pool.map(_train_job, jobs)):
+                    out[s][k] = tr
+                    bar.update()
+        finally:
+            _SHARED.clear()
+    else:
+        for s, k in todo:
+            out[s][k] = train_row(k, train_pairs, val_pairs, cfg, s, device)
+            bar.update()
+    bar.close()
+    return out
+
+
+def for_row(trained: dict, key: str, cfg: Config) -> torch.nn.Module:
+    """The model that evaluates row ``key`` from one seed's trained models, set to the row's inference heads:
+    a faithful-type model is rebuilt with ``infer_heads`` as the original did, unless the row is ``heads``."""
+    row = ROWS[key]
+    model = trained[key if row.trains else "faithful"].model
+    if isinstance(model, models.Faithful):
+        model.heads = cfg.train_heads if row.consistent_heads else cfg.infer_heads
+    return model
 
 
 # ---------------------------------------------------------------- inference
@@ -182,23 +303,51 @@ def gauss_loglik(y, mu, sd):
     return -0.5 * ((y - mu) / sd) ** 2 - np.log(sd) - 0.5 * math.log(2 * math.pi)
 
 
-def evaluate(tr: Trained, test: dict, cfg: Config) -> dict:
-    """First-step error (signed: the drop), |first-step error|, rollout RMSE and teacher-forced R² on test pairs
-    (inference layout, sorted) whose targets are series 0 after its first context_p points."""
+def seen_at(test: dict, x) -> np.ndarray:
+    """Series 1 (seen in full, the first half of the inference layout) interpolated at x (N, m)."""
+    n = test["x"].shape[1] // 2
+    return np.stack([np.interp(xi, test["x"][i, :n], test["y"][i, :n]) for i, xi in enumerate(np.asarray(x))])
+
+
+def first_step_stats(pred0, test: dict, first: int) -> dict:
+    """The drop, measured: signed first-step error (prediction − truth), its mean absolute value, the share of
+    pairs where it points towards the seen series, and its dependence on the offset gap c0 − c1 (slope, corr)."""
+    y0 = test["y"][:, first]
+    err = np.asarray(pred0) - y0
+    towards = np.sign(seen_at(test, test["x"][:, first:first + 1])[:, 0] - y0)
+    gap = test["c"][:, 0] - test["c"][:, 1]
+    ok = len(gap) > 2 and err.std() > 0
+    return {"first_step": float(err.mean()), "first_abs": float(np.abs(err).mean()),
+            "toward": float((np.sign(err) == towards).mean()),
+            "gap_slope": float(np.polyfit(gap, err, 1)[0]) if ok else 0.0,
+            "gap_corr": float(np.corrcoef(err, gap)[0, 1]) if ok else 0.0}
+
+
+def evaluate(model, row: Row, test: dict, cfg: Config) -> dict:
+    """First-step statistics, rollout RMSE and teacher-forced R² on test pairs in the inference layout."""
     inp, first = to_tensor(test), cfg.first
     y = test["y"][:, first:]
-    tf = teacher_forced(tr.model, inp)[:, first:]
-    pred = tf[..., 0] if tr.row.teacher_forced else rollout(tr.model, inp, first)[0]
-    err0 = pred[:, 0] - y[:, 0]
+    tf = teacher_forced(model, inp)[:, first:]
+    pred = tf[..., 0] if row.teacher_forced else rollout(model, inp, first)[0]
     r2 = 1 - ((y - tf[..., 0]) ** 2).sum() / ((y - y.mean()) ** 2).sum()
-    return {"first_step": float(err0.mean()), "first_abs": float(np.abs(err0).mean()),
-            "rollout_rmse": float(np.sqrt(((pred - y) ** 2).mean())), "tf_r2": float(r2)}
+    return {**first_step_stats(pred[:, 0], test, first), "rollout_rmse": float(np.sqrt(((pred - y) ** 2).mean())),
+            "tf_r2": float(r2)}
 
 
 def target_loglik(model, test: dict, cfg: Config) -> float:
     """Mean over target points of log N(y_t | μ_t, σ_t), teacher-forced (= the chain rule of the joint)."""
     out = teacher_forced(model, to_tensor(test))[:, cfg.first:]
     return float(gauss_loglik(test["y"][:, cfg.first:], out[..., 0], np.exp(out[..., 1])).mean())
+
+
+def baseline(test: dict, cfg: Config) -> dict:
+    """The parameter-free baseline: series 1 interpolated at each target x plus the context's mean offset."""
+    n, first = cfg.n_points // 2, cfg.first
+    level = (test["y"][:, n:first] - seen_at(test, test["x"][:, n:first])).mean(1, keepdims=True)
+    mean = seen_at(test, test["x"][:, first:]) + level
+    y = test["y"][:, first:]
+    return {"mean": mean, **first_step_stats(mean[:, 0], test, first),
+            "rollout_rmse": float(np.sqrt(((mean - y) ** 2).mean())), "tf_r2": float("nan"), "loglik": float("nan")}
 
 
 def oracle(test: dict, cfg: Config, noise: float = 0.0, loglik: bool = False) -> dict:
@@ -221,82 +370,184 @@ def oracle(test: dict, cfg: Config, noise: float = 0.0, loglik: bool = False) ->
         bound.append(b / (T - first))
     mean, sd = np.array(means), np.array(sds)
     y = test["y"][:, first:]
-    err0 = mean[:, 0] - y[:, 0]
-    out = {"mean": mean, "sd": sd, "first_step": float(err0.mean()), "first_abs": float(np.abs(err0).mean()),
+    out = {"mean": mean, "sd": sd, **first_step_stats(mean[:, 0], test, first),
            "rollout_rmse": float(np.sqrt(((mean - y) ** 2).mean())), "tf_r2": float("nan"),
            "order_violation": float(np.mean(viol)), "order_bound_per_point": float(np.mean(bound))}
-    if loglik:
-        out["loglik"] = float(np.mean(lls))
+    out["loglik"] = float(np.mean(lls)) if loglik else float("nan")
     return out
 
 
-# ---------------------------------------------------------------- tables
+# ---------------------------------------------------------------- tables over seeds
 
-def results_table(clean: dict, noisy: dict, test: dict, noisy_test: dict, cfg: Config, oracle_clean: dict,
-                  oracle_noisy: dict) -> pd.DataFrame:
-    """One row per model (+ the oracle): first-step drop, |first-step error|, rollout RMSE, teacher-forced R² on
-    noise-free pairs, and target log-likelihood per point on noisy pairs (models trained on noisy pairs)."""
-    rows = []
-    for key, row in ROWS.items():
-        tr = clean[key if row.trains else "faithful"]
-        tr = replace(tr, row=row)
-        m = evaluate(tr, test, cfg)
-        src = noisy.get(key if row.trains else "faithful")
-        m["loglik"] = target_loglik(src.model, noisy_test, cfg) if src is not None else float("nan")
-        rows.append({"key": key, "model": row.label, "cause": row.cause, "params": tr.params, "regime": row.regime,
-                     "loss": row.loss, **m})
-    rows.append({"key": "oracle", "model": "GP oracle (exact posterior)", "cause": "—", "params": 0,
-                 "regime": "—", "loss": "—", **{k: oracle_clean[k] for k in ("first_step", "first_abs",
-                                                                         "rollout_rmse", "tf_r2")},
-                 "loglik": oracle_noisy["loglik"]})
-    return pd.DataFrame(rows)
+def runs_table(clean: dict, noisy: dict, test: dict, noisy_test: dict, cfg: Config, keys=None) -> pd.DataFrame:
+    """One line per (seed, row): every metric of ``METRICS`` (loglik from the row's noisy-trained model, NaN where
+    it was not trained on noisy pairs)."""
+    lines = []
+    for seed, trained in clean.items():
+        for key in keys or ROWS:
+            row = ROWS[key]
+            if (key if row.trains else "faithful") not in trained:
+                continue
+            m = evaluate(for_row(trained, key, cfg), row, test, cfg)
+            src = noisy.get(seed, {})
+            m["loglik"] = (target_loglik(for_row(src, key, cfg), noisy_test, cfg)
+                           if (key if row.trains else "faithful") in src else float("nan"))
+            lines.append({"seed": seed, "key": key, "model": row.label, "cause": row.cause, **m})
+    return pd.DataFrame(lines)
 
 
-COLUMNS = {"model": "model", "cause": "cause ablated", "first_step": "first-step error (drop)",
-           "first_abs": "mean |first-step error|", "rollout_rmse": "rollout RMSE", "tf_r2": "teacher-forced R²",
-           "loglik": "target log-lik / point (noisy)"}
+def summary(runs: pd.DataFrame, refs: dict) -> pd.DataFrame:
+    """Mean and sd over seeds per row (columns <metric> and <metric>_sd, n_seeds), then the reference rows
+    ``refs`` ({key: (label, metrics dict)}: the oracle and the baseline, sd 0)."""
+    g = runs.groupby("key", sort=False)
+    mean, sd = g[list(METRICS)].mean(), g[list(METRICS)].std(ddof=1).fillna(0.0)
+    out = mean.join(sd.add_suffix("_sd"))
+    out["n_seeds"] = g.size()
+    out.insert(0, "model", g["model"].first())
+    out.insert(1, "cause", g["cause"].first())
+    for key, (label, m) in refs.items():
+        out.loc[key] = {"model": label, "cause": "—", "n_seeds": 0,
+                        **{k: m.get(k, float("nan")) for k in METRICS}, **{f"{k}_sd": 0.0 for k in METRICS}}
+    return out
 
 
-def styled(table: pd.DataFrame, columns=COLUMNS):
-    cols = [c for c in columns if c in table]
-    return table[cols].rename(columns=columns).style.hide(axis="index").format(na_rep="—", precision=3)
+def compare(base: pd.Series, other: pd.Series, metric: str, floor: float = 0.0) -> dict:
+    """Is ``other`` different from ``base`` on ``metric`` (lower is better) beyond seed noise?
+
+    diff = other − base; se from the two seed spreads; significant when |diff| > 2·se (and se is known: at least
+    two seeds each). share = the part of base's excess over ``floor`` (the oracle) that ``other`` removes.
+    """
+    d = float(other[metric] - base[metric])
+    n1, n2 = int(base["n_seeds"]), int(other["n_seeds"])  # 0: a reference row (oracle, baseline), exact
+    se = math.sqrt(base[f"{metric}_sd"] ** 2 / max(n1, 1) + other[f"{metric}_sd"] ** 2 / max(n2, 1))
+    excess = float(base[metric] - floor)
+    share = -d / excess if excess > 1e-12 else 0.0
+    known = n1 != 1 and n2 != 1 and math.isfinite(d)
+    return {"diff": d, "se": se, "share": share, "known": known, "significant": known and abs(d) > 2 * se}
 
 
-def ood_table(clean: dict, noisy: dict, tests: dict, noisy_tests: dict, oracles: dict, cfg: Config,
-              keys=("faithful", "repaired")) -> pd.DataFrame:
-    """Every kernel x (models, oracle): first-step error, rollout RMSE, target log-lik — trained on RBF only."""
-    rows = []
+def verdict(c: dict) -> str:
+    """The word for one comparison (glued into the prose, so it follows the numbers)."""
+    if not c["known"]:
+        return "cannot be decided with one seed"
+    if not c["significant"]:
+        return "does not matter (within seed noise)"
+    if c["diff"] > 0:
+        return "makes it worse"
+    return "explains most of the error" if c["share"] >= 0.5 else "matters, but explains less than half of the error"
+
+
+def beats(c: dict, than: str) -> str:
+    """The word for a repair against its control (lower is better)."""
+    if not c["known"]:
+        return f"cannot be told apart from {than} with one seed"
+    if not c["significant"]:
+        return f"does no better than {than} (within seed noise)"
+    return f"beats {than}" if c["diff"] < 0 else f"is worse than {than}"
+
+
+def causes_table(summ: pd.DataFrame) -> pd.DataFrame:
+    """One line per ablation present: the metric it is decided on, faithful vs ablation (mean ± sd), the
+    difference, the share of the faithful model's excess over the oracle it removes, and the verdict."""
+    base, floor = summ.loc["faithful"], summ.loc["oracle"]
+    lines = []
+    for key in ABLATIONS:
+        if key not in summ.index:
+            continue
+        m = ROWS[key].decide_on
+        c = compare(base, summ.loc[key], m, floor=float(floor[m]))
+        lines.append({"key": key, "cause": ROWS[key].cause, "metric": m,
+                      "faithful": pm(base, m), "ablation": pm(summ.loc[key], m), "difference": c["diff"],
+                      "share of excess removed": c["share"], "verdict": verdict(c)})
+    return pd.DataFrame(lines)
+
+
+def pm(row: pd.Series, metric: str, digits: int = 3) -> str:
+    v, s = float(row[metric]), float(row[f"{metric}_sd"])
+    if not math.isfinite(v):
+        return "—"
+    return f"{v:.{digits}f} ± {s:.{digits}f}" if row["n_seeds"] >= 2 else f"{v:.{digits}f}"
+
+
+def drop_verdict(summ: pd.DataFrame) -> str:
+    """Is the faithful model's first step a steady drop towards the seen series, over seeds? Series 1 (seen) is
+    always the lower curve, so a model that mixes in the seen series errs by −(its share)·gap: the slope of the
+    first-step error against the offset gap must be negative beyond seed noise, with a clear correlation."""
+    f = summ.loc["faithful"]
+    n = int(f["n_seeds"])
+    if n < 2:
+        return "a single seed, which cannot show a steady drop"
+    if f["gap_slope"] + 2 * f["gap_slope_sd"] / math.sqrt(n) < 0 and f["gap_corr"] < -0.3:
+        return "a steady drop towards the seen series that grows with the gap"
+    return "no steady drop towards the seen series"
+
+
+# the original's numbers (SPEC, from its README figure and logs): one plotted rollout whose seen series sat near −2
+# and target near +2 (a gap of about 4) and whose first prediction landed about 1.6 below the truth
+ORIGINAL = {"first_err": -1.6, "gap": 4.0, "tf_r2": 0.87}
+
+
+def slope_word(slope: float, original: float = ORIGINAL["first_err"] / ORIGINAL["gap"]) -> str:
+    """Our first-step error per unit of offset gap against the original's one example (about −0.4)."""
+    if slope >= 0:
+        return "no slope towards the seen series at all, unlike"
+    ratio = slope / original
+    return "a slope close to" if 0.5 <= ratio <= 2 else ("a steeper slope than" if ratio > 2 else "a shallower slope than")
+
+
+COLUMNS = {"model": "model", "cause": "cause ablated", "first_step": "first-step error (signed)",
+           "first_abs": "mean |first-step error|", "toward": "share towards seen series", "gap_slope": "slope vs gap",
+           "rollout_rmse": "rollout RMSE", "tf_r2": "teacher-forced R²", "loglik": "target log-lik / point (noisy)"}
+
+
+def display_table(summ: pd.DataFrame, columns=COLUMNS) -> pd.DataFrame:
+    """The summary as mean ± sd strings for reading."""
+    out = pd.DataFrame({"model": summ["model"], "cause ablated": summ["cause"], "seeds": summ["n_seeds"]})
+    for c, name in columns.items():
+        if c in ("model", "cause"):
+            continue
+        out[name] = [pm(r, c) for _, r in summ.iterrows()]
+    return out
+
+
+def styled(table: pd.DataFrame):
+    return table.style.hide(axis="index")
+
+
+def glue_summary(res, summ: pd.DataFrame, prefix: str = "") -> None:
+    """Glue every metric (mean) and its sd of every row as <prefix><key>_<metric>[_sd]; NaN becomes '—'."""
+    for key, r in summ.iterrows():
+        for col in METRICS:
+            for name, v in ((f"{prefix}{key}_{col}", float(r[col])), (f"{prefix}{key}_{col}_sd", float(r[f"{col}_sd"]))):
+                res.glue(name, v if math.isfinite(v) else "—")
+
+
+def ood_table(clean: dict, tests: dict, noisy: dict, noisy_tests: dict, oracles: dict, baselines: dict,
+              cfg: Config, keys=("faithful", "repaired")) -> pd.DataFrame:
+    """Every kernel x (models over seeds, baseline, oracle): mean ± sd of every metric — trained on RBF only."""
+    parts = []
     for kern, test in tests.items():
-        for key in keys:
-            m = evaluate(clean[key], test, cfg)
-            m["loglik"] = target_loglik(noisy[key].model, noisy_tests[kern], cfg) if key in noisy else float("nan")
-            rows.append({"kernel": kern, "key": key, "model": ROWS[key].label, **m})
-        o = oracles[kern]
-        rows.append({"kernel": kern, "key": "oracle", "model": "GP oracle (knows the kernel)",
-                     **{k: o[k] for k in ("first_step", "first_abs", "rollout_rmse", "tf_r2", "loglik")}})
-    return pd.DataFrame(rows)
-
-
-def glue_table(res, table: pd.DataFrame, prefix: str = "") -> None:
-    """Glue every metric of every row as <prefix><key>_<metric> (NaN becomes the string '—')."""
-    for _, r in table.iterrows():
-        for col in ("first_step", "first_abs", "rollout_rmse", "tf_r2", "loglik"):
-            v = float(r[col])
-            res.glue(f"{prefix}{r['key']}_{col}", v if math.isfinite(v) else "—")
+        runs = runs_table(clean, noisy, test, noisy_tests[kern], cfg, keys)
+        s = summary(runs, {"baseline": ("parameter-free baseline", baselines[kern]),
+                           "oracle": ("GP oracle (knows the kernel)", oracles[kern])})
+        s.insert(0, "kernel", kern)
+        parts.append(s)
+    return pd.concat(parts)
 
 
 # ---------------------------------------------------------------- figures
 
-SEEN, CONTEXT, TRUTH, MEAN, SAMPLE = "black", "tab:red", "0.35", "goldenrod", "lightskyblue"
+SEEN, CONTEXT, TRUTH, MEAN, SAMPLE, BASE = "black", "tab:red", "0.35", "goldenrod", "lightskyblue", "tab:green"
 
 
 def plot_pairs(pairs: dict, k: int = 4):
+    """k pairs, sorted by x: the two series interleave, each at its own x values."""
     fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 2.8), sharey=True)
-    n = pairs["x"].shape[1] // 2
+    srt = data.sort_by_x(pairs)
     for i, ax in enumerate(axes):
-        for sl, lab, col in ((slice(n, None), "series 0 (flag 0, larger offset)", "C0"),
-                             (slice(0, n), "series 1 (flag 1, lower curve)", "C3")):
-            ax.plot(pairs["x"][i, sl], pairs["y"][i, sl], ".-", ms=2, lw=0.8, color=col, label=lab)
+        for flag, lab, col in ((0, "series 0 (flag 0, larger offset)", "C0"), (1, "series 1 (flag 1, lower curve)", "C3")):
+            sel = srt["s"][i] == flag
+            ax.plot(srt["x"][i, sel], srt["y"][i, sel], ".-", ms=2, lw=0.8, color=col, label=lab)
         ax.set(title=f"c0 = {pairs['c'][i, 0]:.2f}, c1 = {pairs['c'][i, 1]:.2f}", xlabel="x")
     axes[0].set_ylabel("y")
     axes[0].legend(fontsize="x-small")
@@ -309,13 +560,13 @@ def plot_histories(trained: dict, column: str = "val_nll"):
     plots.curves(axes[0], {k: t.history.df for k, t in trained.items()}, "train_loss", smooth=25, logy=False)
     axes[0].set_title("training loss (each row's own loss)")
     plots.curves(axes[1], {k: t.history.df for k, t in trained.items()}, column, logy=False)
-    axes[1].set_title("validation Gaussian NLL (teacher-forced)")
+    axes[1].set_title("validation Gaussian NLL (teacher-forced, own regime)")
     axes[1].legend(fontsize="x-small", ncol=2)
     fig.tight_layout()
     return fig
 
 
-def _panel(ax, test, i, cfg, pred=None, samples=None, band=None, title=""):
+def _panel(ax, test, i, cfg, pred=None, samples=None, band=None, base=None, title=""):
     n, first = cfg.n_points // 2, cfg.first
     x, y = test["x"][i], test["y"][i]
     ax.plot(x[:n], y[:n], ".", ms=2, color=SEEN, label="series 1 (seen)")
@@ -324,6 +575,8 @@ def _panel(ax, test, i, cfg, pred=None, samples=None, band=None, title=""):
     if band is not None:
         m, sd = band
         ax.fill_between(x[first:], m - 2 * sd, m + 2 * sd, color="0.8", alpha=0.7, lw=0, label="oracle ±2σ")
+    if base is not None:
+        ax.plot(x[first:], base, ":", lw=1.2, color=BASE, label="parameter-free baseline")
     if samples is not None:
         for j, smp in enumerate(samples):
             ax.plot(x[first:], smp, "-", lw=0.7, color=SAMPLE, alpha=0.8, label="sample rollouts" if j == 0 else None)
@@ -332,41 +585,45 @@ def _panel(ax, test, i, cfg, pred=None, samples=None, band=None, title=""):
     ax.set_title(title, fontsize="small")
 
 
-def plot_rollouts(trained: dict, test: dict, cfg: Config, oracle_out: dict, index: int = 0, n_samples: int = 5,
-                  seed: int = 0):
-    """One test pair, one panel per row's model: mean rollout (gold), sample rollouts (light blue), the oracle's
-    mean ± 2σ band behind, and the oracle itself in the last panel."""
-    keys = [k for k in ROWS if ROWS[k].trains or ROWS[k].teacher_forced]
+def plot_rollouts(trained: dict, test: dict, cfg: Config, oracle_out: dict, base_out: dict, index: int = 0,
+                  n_samples: int = 5, seed: int = 0, keys=None):
+    """One test pair, one panel per row's model (one seed): mean rollout (gold), sample rollouts (light blue), the
+    oracle's mean ± 2σ band behind and the baseline dotted; the oracle itself in the last panel."""
+    keys = [k for k in (keys or ROWS) if (k if ROWS[k].trains else "faithful") in trained]
     inp = to_tensor(test)[index:index + 1]
     fig, axes = plots.panels(len(keys) + 1, 3, size=(4.2, 3.0), sharex=True, sharey=True)
     band = (oracle_out["mean"][index], oracle_out["sd"][index])
+    base = base_out["mean"][index]
     for ax, key in zip(axes, keys):
-        row = ROWS[key]
-        tr = trained[key if row.trains else "faithful"]
+        row, model = ROWS[key], for_row(trained, key, cfg)
         if row.teacher_forced:
-            pred = teacher_forced(tr.model, inp)[0, cfg.first:, 0]
-            samples = None
+            pred, samples = teacher_forced(model, inp)[0, cfg.first:, 0], None
         else:
-            pred = rollout(tr.model, inp, cfg.first)[0][0]
-            samples = rollout(tr.model, inp.expand(n_samples, -1, -1), cfg.first, sample=True, seed=seed)[0]
-        _panel(ax, test, index, cfg, pred, samples, band, row.label)
-    _panel(axes[len(keys)], test, index, cfg, pred=band[0], band=band, title="GP oracle: posterior mean ± 2σ")
+            pred = rollout(model, inp, cfg.first)[0][0]
+            samples = rollout(model, inp.expand(n_samples, -1, -1), cfg.first, sample=True, seed=seed)[0]
+        _panel(ax, test, index, cfg, pred, samples, band, base, row.label)
+    _panel(axes[len(keys)], test, index, cfg, pred=band[0], band=band, base=base,
+           title="GP oracle: posterior mean ± 2σ")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize="small", frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
-def plot_drop(trained: dict, test: dict, cfg: Config, oracle_out: dict, keys=("faithful", "series_qk", "repaired")):
-    """First-step error of every test pair against the offset gap c0 - c1: the faithful model's drop follows the
-    gap (it copies the lower series), the repaired model and the oracle do not."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+def plot_drop(trained: dict, test: dict, cfg: Config, oracle_out: dict, base_out: dict,
+              keys=("faithful", "heads", "repaired")):
+    """First-step error of every test pair against the offset gap c0 - c1 (one seed): a model that copied the
+    seen series would sit on the dotted line (error = −gap); the oracle and the baseline for reference."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
     gap = test["c"][:, 0] - test["c"][:, 1]
     y0 = test["y"][:, cfg.first]
     inp = to_tensor(test)
     for key in keys:
-        pred = teacher_forced(trained[key].model, inp)[:, cfg.first, 0]  # the first step is the same either way
+        if (key if ROWS[key].trains else "faithful") not in trained:
+            continue
+        pred = teacher_forced(for_row(trained, key, cfg), inp)[:, cfg.first, 0]  # the first step is the same either way
         ax.scatter(gap, pred - y0, s=8, alpha=0.6, label=ROWS[key].label)
+    ax.scatter(gap, base_out["mean"][:, 0] - y0, s=8, alpha=0.6, marker="x", color=BASE, label="baseline")
     ax.scatter(gap, oracle_out["mean"][:, 0] - y0, s=8, alpha=0.6, color="k", label="GP oracle")
     ax.plot([0, gap.max()], [0, -gap.max()], "k:", lw=1, label="error = −gap (copying series 1)")
     ax.set(xlabel="offset gap c0 − c1", ylabel="first-step error (prediction − truth)")
@@ -375,30 +632,39 @@ def plot_drop(trained: dict, test: dict, cfg: Config, oracle_out: dict, keys=("f
     return fig
 
 
-def gap_correlation(tr: Trained, test: dict, cfg: Config) -> float:
-    """Correlation over test pairs between the first-step error and the offset gap c0 - c1 (-1: copying series 1)."""
-    err = teacher_forced(tr.model, to_tensor(test))[:, cfg.first, 0] - test["y"][:, cfg.first]
-    gap = test["c"][:, 0] - test["c"][:, 1]
-    return float(np.corrcoef(err, gap)[0, 1]) if len(gap) > 2 and err.std() > 0 else 0.0
+def head_majority(weights: np.ndarray, t: int, k: int = 5, top: int = 10) -> np.ndarray:
+    """The original's attention plot points: each head's top-k keys of row t, the ``top`` most frequent."""
+    idx = np.argsort(-weights[:, t, :t], axis=1)[:, :k].ravel()
+    vals, counts = np.unique(idx, return_counts=True)
+    return vals[np.argsort(-counts, kind="stable")[:top]]
 
 
 def plot_attention(trained: dict, test: dict, cfg: Config, index: int = 0, keys=("faithful", "series_qk", "repaired"),
                    offsets=(0, None)):
     """For chosen predicted points (the first one, and one in the middle of the rollout), the attention weight on
-    every earlier point, against that point's x; series 1 black, series 0 red; the dashed line is the query's x."""
+    every earlier point (mean over heads) against that point's x; series 1 black, series 0 red; orange dots: the
+    original's head-majority of each head's top 5; the dashed line is the query's x."""
     n, first, T = cfg.n_points // 2, cfg.first, cfg.n_points
     ts = [first + (o if o is not None else (T - first) // 2) for o in offsets]
     inp = to_tensor(test)[index:index + 1]
+    keys = [k for k in keys if (k if ROWS[k].trains else "faithful") in trained]
     fig, axes = plt.subplots(len(ts), len(keys), figsize=(4.2 * len(keys), 2.7 * len(ts)), squeeze=False)
     x = test["x"][index]
     for c, key in enumerate(keys):
+        model = for_row(trained, key, cfg)
+        faithful = isinstance(model, models.Faithful)
         with torch.no_grad():
-            att = trained[key].model.attention(inp.to(next(trained[key].model.parameters()).device))[0].cpu().numpy()
+            dev = inp.to(next(model.parameters()).device)
+            heads = model.head_weights(dev)[0].cpu().numpy() if faithful else None
+            att = heads.mean(0) if faithful else model.attention(dev)[0].cpu().numpy()
         for r, t in enumerate(ts):
             ax, w = axes[r, c], att[t, :t]
             ax.vlines(x[:min(t, n)], 0, w[:n], color=SEEN, lw=1, label="series 1 points")
             if t > n:
                 ax.vlines(x[n:t], 0, w[n:t], color=CONTEXT, lw=1.4, label="series 0 points")
+            if faithful:
+                top = head_majority(heads, t)
+                ax.plot(x[top], w[top], "o", ms=4, color="darkorange", label="head-majority top 5")
             ax.axvline(x[t], ls="--", color="0.4", lw=1, label="query x")
             ax.set_title(f"{ROWS[key].label}: point {t - first + 1} of the rollout", fontsize="small")
             ax.set(xlabel="x of the attended point", ylabel="weight" if c == 0 else None)
@@ -407,10 +673,11 @@ def plot_attention(trained: dict, test: dict, cfg: Config, index: int = 0, keys=
     return fig
 
 
-def attention_mass(trained: dict, test: dict, cfg: Config, key: str) -> float:
-    """Mean attention the first predicted point puts on series-0 points (its own series), over test pairs."""
+def attention_stats(trained: dict, test: dict, cfg: Config, key: str) -> dict:
+    """At the first predicted point (64 test pairs): the attention share on series-0 points, and the largest
+    weight relative to a uniform 1/t (1 = uniform attention: the ReLU has zeroed every score)."""
     n, first = cfg.n_points // 2, cfg.first
-    model = trained[key].model
+    model = for_row(trained, key, cfg)
     with torch.no_grad():
         att = model.attention(to_tensor(test)[:64].to(next(model.parameters()).device))[:, first, :first].cpu()
-    return float(att[:, n:].sum(-1).mean())
+    return {"own_series": float(att[:, n:].sum(-1).mean()), "peak_vs_uniform": float(att.max(-1).values.mean() * first)}

@@ -13,15 +13,17 @@ from torch import nn
 from torch.nn import functional as F
 from . import count_params  # noqa: F401  (re-exported: models.<family>.count_params)
 
-# the original's x discretisation: index = 200 + position of x on the grid [1, 15.1) with step 0.05; 0 = padding
-GRID_LO, GRID_STEP, INDEX_OFFSET, VOCAB = 1.0, 0.05, 200, 2000
+# the original's x discretisation: index = 200 + position of the first grid value >= x on np.arange(1, 15.1, 0.05)
+# (282 values, 1 to 15.05; beyond the grid: its last index); 0 = padding; one embedding table of VOCAB rows
+GRID_LO, GRID_STEP, GRID_N, INDEX_OFFSET, VOCAB = 1.0, 0.05, 282, 200, 2000
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = -7.0, 5.0
+LEAK = 0.2  # tf.nn.leaky_relu's default slope (PyTorch's default is 0.01)
 
 
 def x_index(x: torch.Tensor) -> torch.Tensor:
     """The original's embedding index of x (about 280-480 for x in [5, 15))."""
-    idx = INDEX_OFFSET + torch.floor((x - GRID_LO) / GRID_STEP).long()
-    return idx.clamp(1, VOCAB - 1)
+    pos = torch.ceil((x - GRID_LO) / GRID_STEP - 1e-9).long().clamp(0, GRID_N - 1)
+    return INDEX_OFFSET + pos
 
 
 def causal_mask(T: int, device=None, strict: bool = True) -> torch.Tensor:
@@ -29,45 +31,117 @@ def causal_mask(T: int, device=None, strict: bool = True) -> torch.Tensor:
     return torch.ones(T, T, dtype=torch.bool, device=device).tril(-1 if strict else 0)
 
 
-class Faithful(nn.Module):
-    """The original model. Switches (all False = the original) turn one quirk off each:
+def _dense(n_in: int, n_out: int) -> nn.Linear:
+    """A Keras Dense layer: Glorot-uniform weights, zero bias."""
+    layer = nn.Linear(n_in, n_out)
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
+
+def nearest_same_series(inp: torch.Tensor) -> torch.Tensor:
+    """(B, T) y of the nearest (in x) earlier point j < t of the same series as point t; 0 where there is none."""
+    x, s, y = inp[..., 0], inp[..., 1], inp[..., 2]
+    ok = causal_mask(x.shape[1], x.device) & (s[:, :, None] == s[:, None, :])
+    d = (x[:, :, None] - x[:, None, :]).abs().masked_fill(~ok, float("inf"))
+    j = d.argmin(-1)
+    return torch.gather(y, 1, j) * ok.any(-1)
+
+
+def twin_baseline(inp: torch.Tensor) -> torch.Tensor:
+    """(B, T) the parameter-free prediction of every point t from the points j < t only (causal).
+
+    The other series' earlier points are linearly interpolated at x_t (held constant beyond its ends, as
+    ``np.interp``), and the level is the mean, over the earlier points of t's own series, of their difference from
+    the same interpolation (each made from the points before them). In the inference layout this is exactly the
+    chapter's baseline: series 1 interpolated at x_t plus the context's (and the rollout's) mean offset. 0 where
+    nothing of the other series has been seen yet.
+    """
+    x, s, y = inp[..., 0], inp[..., 1], inp[..., 2]
+    B, T = x.shape
+    before = causal_mask(T, x.device)
+    other = before & (s[:, :, None] != s[:, None, :])
+    dx = x[:, None, :] - x[:, :, None]  # (B, t, j): x_j - x_t
+    left, right = other & (dx <= 0), other & (dx >= 0)
+    lj = dx.masked_fill(~left, float("-inf")).argmax(-1)
+    rj = dx.masked_fill(~right, float("inf")).argmin(-1)
+    has_l, has_r = left.any(-1), right.any(-1)
+    xl, yl, xr, yr = (torch.gather(v, 1, j) for v, j in ((x, lj), (y, lj), (x, rj), (y, rj)))
+    w = ((x - xl) / (xr - xl).clamp_min(1e-9)).clamp(0, 1)
+    interp = torch.where(has_l & has_r, yl + w * (yr - yl), torch.where(has_l, yl, yr))
+    valid = has_l | has_r
+    diff = torch.where(valid, y - interp, torch.zeros_like(y))
+    same = before & (s[:, :, None] == s[:, None, :]) & valid[:, None, :]
+    level = (same * diff[:, None, :]).sum(-1) / same.sum(-1).clamp_min(1)
+    return torch.where(valid, interp + level, torch.zeros_like(y))
+
+
+class Faithful(nn.Module):
+    """The original model (``experimental2d_model.Decoder`` with ``MultiHeadAttention2D``), in float32.
+
+    x is embedded by its grid index, the 0/1 flag by the *same* table (rows 0 and 1). q = Wq(emb x_t),
+    k = Wk(emb x_j), v = Wv(y_j), each split into ``heads`` heads of depth e / heads; scores q·k / √depth, **ReLU**,
+    causal mask (row t sees j < t), softmax; heads concatenated and passed through ``Dense(e)``. Then
+    out1 = leaky(LayerNorm(attn + Wv(y_{t-1}))), L = leaky(A1 out1 + A2 emb(x_t) + A3 emb(flag_t)), then A4 (64),
+    A5 (32) with leaky ReLUs and A6 -> (μ, log σ). ``heads`` is an attribute: the original trained with 1 head and
+    rebuilt the model with 32 heads from the same weights for inference (only the reshape changes).
+
+    Switches (all False = the original), one per cause of the drop:
     series_qk: add the flag's embedding to the x embedding that q and k are computed from;
-    no_relu: no ReLU on the attention scores (plain dot-product scores into the masked softmax).
+    no_relu: no ReLU on the scaled scores;
+    residual: μ is predicted as a residual on the y of the nearest earlier point of the same series (as the
+    authors' later Taylorformer does with its nearest neighbour).
     """
 
-    def __init__(self, embed: int = 512, series_qk: bool = False, no_relu: bool = False):
+    def __init__(self, embed: int = 512, heads: int = 1, l1: int = 256, l2: int = 64, l3: int = 32,
+                 series_qk: bool = False, no_relu: bool = False, residual: bool = False):
         super().__init__()
-        self.series_qk, self.no_relu = series_qk, no_relu
+        if embed % heads:
+            raise ValueError(f"embed={embed} must be divisible by heads={heads}")
+        self.embed, self.heads = embed, heads
+        self.series_qk, self.no_relu, self.residual = series_qk, no_relu, residual
         self.emb = nn.Embedding(VOCAB, embed)  # shared by the x index and the 0/1 flag (rows 0 and 1)
         nn.init.uniform_(self.emb.weight, -0.05, 0.05)  # Keras' Embedding initialiser
-        self.q, self.k = nn.Linear(embed, embed), nn.Linear(embed, embed)
-        self.v = nn.Linear(1, embed)
-        self.norm = nn.LayerNorm(embed)
-        self.next_x, self.next_flag = nn.Linear(embed, embed), nn.Linear(embed, embed)
-        self.head = nn.Sequential(nn.Linear(embed, 64), nn.Linear(64, 32), nn.Linear(32, 2))
+        self.q, self.k, self.v = _dense(embed, embed), _dense(embed, embed), _dense(1, embed)
+        self.dense = _dense(embed, embed)
+        self.norm = nn.LayerNorm(embed, eps=1e-6)
+        self.a1, self.a2, self.a3 = _dense(embed, l1), _dense(embed, l1), _dense(embed, l1)
+        self.a4, self.a5, self.a6 = _dense(l1, l2), _dense(l2, l3), _dense(l3, 2)
 
-    def attention(self, inp: torch.Tensor) -> torch.Tensor:
-        """(B, T, T) attention weights: row t (predicting point t) over the points j < t; row 0 is all zero."""
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        B, T, _ = t.shape
+        return t.view(B, T, self.heads, -1).transpose(1, 2)  # (B, H, T, depth)
+
+    def head_weights(self, inp: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, T) attention weights per head: row t over the points j < t; row 0 is all zero."""
+        if self.embed % self.heads:
+            raise ValueError(f"embed={self.embed} must be divisible by heads={self.heads}")
         x, s = inp[..., 0], inp[..., 1].long()
         e = self.emb(x_index(x))
         if self.series_qk:
             e = e + self.emb(s)
-        scores = self.q(e) @ self.k(e).transpose(1, 2)  # Keras Attention: unscaled dot product
+        q, k = self._split(self.q(e)), self._split(self.k(e))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
         if not self.no_relu:
             scores = F.relu(scores)
         mask = causal_mask(x.shape[1], x.device)
         return torch.softmax(scores.masked_fill(~mask, -1e9), dim=-1) * mask
 
+    def attention(self, inp: torch.Tensor) -> torch.Tensor:
+        """(B, T, T) attention weights averaged over the heads."""
+        return self.head_weights(inp).mean(1)
+
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        B, T, _ = inp.shape
         x, s, y = inp[..., 0], inp[..., 1].long(), inp[..., 2:3]
         v = self.v(y)
-        attn = self.attention(inp) @ v
+        att = (self.head_weights(inp) @ self._split(v)).transpose(1, 2).reshape(B, T, self.embed)
         y_prev = F.pad(y, (0, 0, 1, 0))[:, :-1]  # y_{t-1} (0 for the first row)
-        h = F.leaky_relu(self.norm(attn + self.v(y_prev)))
-        z = F.leaky_relu(h + self.next_x(self.emb(x_index(x))) + self.next_flag(self.emb(s)))
-        out = self.head(z)
-        return torch.stack([out[..., 0], out[..., 1].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)], -1)
+        out1 = F.leaky_relu(self.norm(self.dense(att) + self.v(y_prev)), LEAK)
+        h = F.leaky_relu(self.a1(out1) + self.a2(self.emb(x_index(x))) + self.a3(self.emb(s)), LEAK)
+        out = self.a6(F.leaky_relu(self.a5(F.leaky_relu(self.a4(h), LEAK)), LEAK))
+        mu = out[..., 0] + (nearest_same_series(inp) if self.residual else 0.0)
+        return torch.stack([mu, out[..., 1].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)], -1)
 
 
 class Block(nn.Module):
@@ -109,13 +183,18 @@ class Repaired(nn.Module):
     series-0 values from a random position onwards are replaced by the model's own one-step means (computed
     without gradient, so still causal) before the forward pass, as a rollout will feed them at inference. The
     loss still compares with the true values.
+
+    ``on_baseline``: μ is a correction added to ``twin_baseline`` (the parameter-free prediction from the earlier
+    points: the other series interpolated at x_t plus the mean offset seen so far), as the authors' later
+    Taylorformer predicts a residual on its nearest neighbour; the correction starts at zero.
     """
 
-    def __init__(self, width: int = 128, heads: int = 4, layers: int = 3, n_freq: int = 24, self_feed: bool = False):
+    def __init__(self, width: int = 128, heads: int = 4, layers: int = 3, n_freq: int = 24, self_feed: bool = False,
+                 on_baseline: bool = False):
         super().__init__()
-        self.self_feed = self_feed
-        # angular frequencies 0.3 ... 40 per unit of x: fine enough to single out the other series' point at the
-        # same x (both series share their x values), coarse enough to find smooth neighbours
+        self.self_feed, self.on_baseline = self_feed, on_baseline
+        # angular frequencies 0.3 ... 40 per unit of x: fine enough to single out the nearest neighbours of the
+        # other series (0.05 apart at 400 points), coarse enough to find smooth ones
         self.register_buffer("freqs", torch.logspace(math.log10(0.3), math.log10(40.0), n_freq))
         n_feat = 1 + 2 * n_freq + 2
         self.ctx_in = nn.Sequential(nn.Linear(n_feat + 1, width), nn.GELU(), nn.Linear(width, width))
@@ -124,6 +203,10 @@ class Repaired(nn.Module):
         self.ctx_blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
         self.qry_blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 2))
+        if on_baseline:  # start exactly at the baseline: the attention learns a correction
+            with torch.no_grad():
+                self.out[-1].weight[0].zero_()
+                self.out[-1].bias[0].zero_()
 
     def features(self, x, s):
         xc = (x - 10.0) / 5.0
@@ -155,7 +238,8 @@ class Repaired(nn.Module):
             qry = qb(qry, ctx, qry_mask)
             ctx = cb(ctx, ctx, ctx_mask)
         out = self.out(qry)
-        return torch.stack([out[..., 0], out[..., 1].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)], -1)
+        mu = out[..., 0] + (twin_baseline(inp) if self.on_baseline else 0.0)
+        return torch.stack([mu, out[..., 1].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)], -1)
 
     def attention(self, inp) -> torch.Tensor:
         """(B, T, T) last-layer query attention over the points j < t, averaged over heads (null token dropped)."""
