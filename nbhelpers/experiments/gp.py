@@ -674,10 +674,14 @@ def plot_attention(trained: dict, test: dict, cfg: Config, index: int = 0, keys=
 
 
 def attention_stats(trained: dict, test: dict, cfg: Config, key: str) -> dict:
-    """At the first predicted point (64 test pairs): the attention share on series-0 points, and the largest
-    weight relative to a uniform 1/t (1 = uniform attention: the ReLU has zeroed every score)."""
+    """At the first predicted point (64 test pairs): the attention share on series-0 points, the largest weight
+    relative to a uniform 1/t (1 = uniform attention), and for the faithful model the standard deviation of its
+    scaled scores over the points it sees (near 0: the softmax is flat whatever the ReLU and the heads do)."""
     n, first = cfg.n_points // 2, cfg.first
     model = for_row(trained, key, cfg)
+    inp = to_tensor(test)[:64].to(next(model.parameters()).device)
     with torch.no_grad():
-        att = model.attention(to_tensor(test)[:64].to(next(model.parameters()).device))[:, first, :first].cpu()
-    return {"own_series": float(att[:, n:].sum(-1).mean()), "peak_vs_uniform": float(att.max(-1).values.mean() * first)}
+        att = model.attention(inp)[:, first, :first].cpu()
+        sd = float(model.scores(inp)[:, :, first, :first].std()) if isinstance(model, models.Faithful) else float("nan")
+    return {"own_series": float(att[:, n:].sum(-1).mean()), "peak_vs_uniform": float(att.max(-1).values.mean() * first),
+            "score_sd": sd}

@@ -112,8 +112,8 @@ class Faithful(nn.Module):
         B, T, _ = t.shape
         return t.view(B, T, self.heads, -1).transpose(1, 2)  # (B, H, T, depth)
 
-    def head_weights(self, inp: torch.Tensor) -> torch.Tensor:
-        """(B, H, T, T) attention weights per head: row t over the points j < t; row 0 is all zero."""
+    def scores(self, inp: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, T) scaled scores q·k / √depth per head, before the ReLU and the mask."""
         if self.embed % self.heads:
             raise ValueError(f"embed={self.embed} must be divisible by heads={self.heads}")
         x, s = inp[..., 0], inp[..., 1].long()
@@ -121,7 +121,12 @@ class Faithful(nn.Module):
         if self.series_qk:
             e = e + self.emb(s)
         q, k = self._split(self.q(e)), self._split(self.k(e))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+
+    def head_weights(self, inp: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, T) attention weights per head: row t over the points j < t; row 0 is all zero."""
+        x = inp[..., 0]
+        scores = self.scores(inp)
         if not self.no_relu:
             scores = F.relu(scores)
         mask = causal_mask(x.shape[1], x.device)
