@@ -362,3 +362,26 @@ def test_parallel_training_gives_the_same_models():
             a, b = one[s][k].model.state_dict(), two[s][k].model.state_dict()
             assert all(torch.equal(a[n], b[n]) for n in a), (s, k)
     assert not torch.equal(one[0]["faithful"].model.q.weight, one[1]["faithful"].model.q.weight)  # seeds differ
+
+
+def test_repair_words_and_the_originals_slope():
+    base = pd.Series({"rollout_rmse": 0.10, "rollout_rmse_sd": 0.0, "n_seeds": 0})  # a reference row: exact
+    better = pd.Series({"rollout_rmse": 0.05, "rollout_rmse_sd": 0.01, "n_seeds": 3})
+    same = pd.Series({"rollout_rmse": 0.101, "rollout_rmse_sd": 0.01, "n_seeds": 3})
+    assert gpx.beats(gpx.compare(base, better, "rollout_rmse"), "the baseline") == "beats the baseline"
+    assert gpx.beats(gpx.compare(base, same, "rollout_rmse"), "the baseline").startswith("does no better")
+    assert gpx.beats(gpx.compare(better, base, "rollout_rmse"), "x") == "is worse than x"
+    one = pd.Series({"rollout_rmse": 0.05, "rollout_rmse_sd": 0.0, "n_seeds": 1})
+    assert "one seed" in gpx.beats(gpx.compare(base, one, "rollout_rmse"), "the baseline")
+    assert gpx.slope_word(-0.5) == "a slope close to"
+    assert gpx.slope_word(-0.05) == "a shallower slope than"
+    assert gpx.slope_word(-1.0) == "a steeper slope than"
+    assert gpx.slope_word(0.1).startswith("no slope")
+
+
+def test_head_majority_is_the_originals_vote():
+    w = np.zeros((3, 10, 10))
+    w[:, 9, :9] = np.arange(9)          # every head's top 5 at row 9: points 8, 7, 6, 5, 4
+    w[2, 9, :9] = np.arange(9)[::-1]    # one head disagrees: 0, 1, 2, 3, 4
+    top = gpx.head_majority(w, 9, k=5, top=3)
+    assert top[0] == 4 and set(top[1:]) <= {5, 6, 7, 8}  # 4 is in all three heads' top 5

@@ -510,10 +510,6 @@ def display_table(summ: pd.DataFrame, columns=COLUMNS) -> pd.DataFrame:
     return out
 
 
-def styled(table: pd.DataFrame):
-    return table.style.hide(axis="index")
-
-
 def glue_summary(res, summ: pd.DataFrame, prefix: str = "") -> None:
     """Glue every metric (mean) and its sd of every row as <prefix><key>_<metric>[_sd]; NaN becomes '—'."""
     for key, r in summ.iterrows():
