@@ -495,9 +495,9 @@ def slope_word(slope: float, original: float = ORIGINAL["first_err"] / ORIGINAL[
     return "a slope close to" if 0.5 <= ratio <= 2 else ("a steeper slope than" if ratio > 2 else "a shallower slope than")
 
 
-COLUMNS = {"model": "model", "cause": "cause ablated", "first_step": "first-step error (signed)",
-           "first_abs": "mean |first-step error|", "toward": "share towards seen series", "gap_slope": "slope vs gap",
-           "rollout_rmse": "rollout RMSE", "tf_r2": "teacher-forced R²", "loglik": "target log-lik / point (noisy)"}
+COLUMNS = {"model": "model", "cause": "cause ablated", "first_step": "first step (signed)",
+           "first_abs": "|first step|", "toward": "towards seen", "gap_slope": "slope vs gap",
+           "rollout_rmse": "rollout RMSE", "tf_r2": "TF R²", "loglik": "log-lik/pt (noisy)"}
 
 
 def display_table(summ: pd.DataFrame, columns=COLUMNS) -> pd.DataFrame:
