@@ -41,6 +41,17 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def bf16_fast(device) -> bool:
+    """Whether bfloat16 autocast is a real speed-up here: a CUDA GPU with native bf16 (Ampere or newer; a T4 only
+    emulates it), or a CPU with AMX tiles (Sapphire Rapids or newer)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return False
+
+
 def versions() -> dict[str, str]:
     import nbhelpers
 

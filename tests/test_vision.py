@@ -12,6 +12,12 @@ MNIST, CIFAR = (28, 28, 1), (32, 32, 3)
 @pytest.mark.parametrize("name, shape, classes, expected", [
     ("cnn", MNIST, 10, 1_199_882), ("cnn", CIFAR, 10, 1_626_442), ("cnn", CIFAR, 100, 1_638_052),
     ("vit", MNIST, 10, 1_614_866), ("vit", CIFAR, 10, 1_812_106), ("vit", CIFAR, 100, 1_823_716),
+    # DeepViT adds its re-attention matrices (heads² per layer) to the ViT's count
+    ("deepvit", MNIST, 10, 1_615_010), ("deepvit", CIFAR, 10, 1_812_250), ("deepvit", CIFAR, 100, 1_823_860),
+    # the hybrid with its own 10-class head (SPEC) ...
+    ("hybrid", MNIST, 10, 1_580_042), ("hybrid", CIFAR, 10, 1_715_402),
+    # ... and as the original's table printed it: a 100-class head on every dataset
+    ("hybrid", MNIST, 100, 1_591_652), ("hybrid", CIFAR, 100, 1_727_012),
 ])
 def test_bug_compatible_parameter_counts_match_the_original(name, shape, classes, expected):
     assert V.count_params(V.build(name, shape, classes, bug_compatible=True)) == expected
@@ -52,6 +58,9 @@ def test_train_model_on_tiny_synthetic_data():
                             [str(i) for i in range(10)])
     run = E.train_model(data, "vit", E.REPAIRED, 2, "cpu", bug_compatible=False)
     assert list(run.curve.epoch) == [1, 2] and run.curve.test_acc.between(0, 1).all() and run.tokens == 49
+    assert (run.curve.train_s > 0).all() and (run.curve.eval_s > 0).all()
+    # the original's timing: the mean over every test batch of every epoch
+    assert run.timing["ms_unsynced_original"] > 0
     E.time_runs([run], {"mnist": data}, "cpu", n=8, reps=1)
     assert run.timing["ms_per_1000"] > 0
     att = E.cls_attention(run.model, torch.randn(3, 1, 28, 28))
@@ -63,3 +72,94 @@ def test_all_datasets_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "load", lambda name, **kw: (_ for _ in ()).throw(images.DataUnavailable(name)))
     with pytest.raises(images.DataUnavailable, match="NBHELPERS_DATA"):
         E.load_datasets("all")
+
+
+def test_param_table_quotes_the_printed_hybrid_counts():
+    t = E.param_table("small")
+    assert t.loc["hybrid", "mnist"] == 1_580_042 and t.loc["hybrid, as printed (100-class head)", "mnist"] == 1_591_652
+    assert t.loc["hybrid, as printed (100-class head)", "cifar10"] == 1_727_012
+
+
+def test_strip_vit_is_the_second_original():
+    torch.manual_seed(0)
+    m = V.build("stripvit", MNIST, 10).eval()
+    assert V.count_params(m) == 208_522          # the count of Yuanforz/LearnCV's ViT at its defaults
+    seen = {}
+
+    def keep(name, which):
+        def hook(mod, inp, out):
+            seen.setdefault(name, inp[0] if which == "in" else out)   # returns None: the output is untouched
+        return hook
+
+    hooks = [m.patch_embedding.register_forward_hook(keep("tokens", "in")),
+             m.norm.register_forward_hook(keep("readout", "in")), m.blocks[-1].register_forward_hook(keep("last", "out"))]
+    x = torch.randn(2, 1, 28, 28)
+    out = m(x)
+    for h in hooks:
+        h.remove()
+    # strips of 49 consecutive pixels, not 7x7 squares
+    torch.testing.assert_close(seen["tokens"][:, 1], x.flatten(1)[:, 49:98])
+    # the classifier reads the last token (the last strip), not the CLS token at position 0
+    torch.testing.assert_close(seen["readout"], seen["last"][:, -1])
+    assert torch.allclose(out.exp().sum(-1), torch.ones(2))           # log-softmax output
+    before = out
+    assert V.set_attention_scale(m, scaled=False) == 1
+    assert not torch.allclose(before, m(x))
+    V.set_attention_scale(m, scaled=True)
+    torch.testing.assert_close(before, m(x))
+    with pytest.raises(ValueError, match="single-channel"):
+        m(torch.randn(1, 3, 28, 28))
+
+
+def test_strip_block_overwrites_the_residual_with_its_layernorm():
+    torch.manual_seed(0)
+    block = V.StripBlock(16, 2, 32, 0.0, True).eval()
+    x = torch.randn(3, 5, 16) * 10 + 4
+    normed = block.norm1(x)
+    expected = normed + block.attention(normed)
+    expected = expected + block.mlp(block.norm2(expected))
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_repaired_family_budget_and_control():
+    x = torch.randn(2, 3, 32, 32)
+    full, control = V.build("convformer", CIFAR, 10), V.build("convnet", CIFAR, 10)
+    assert full(x).shape == control(x).shape == (2, 10)
+    assert V.count_params(full) <= 1_800_000
+    attn = sum(p.numel() for p in full.transformer.parameters()) + full.pos.numel()
+    assert V.count_params(control) == V.count_params(full) - attn      # the control is the same net minus attention
+    assert not any(hasattr(m, "to_qkv") for m in control.modules())
+    assert V.build("convformer", MNIST, 10)(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="not divisible"):
+        V.build("convformer", CIFAR, 10, heads=3)
+
+
+def test_recipe_rejects_unknown_names():
+    with pytest.raises(ValueError, match="optimizer"):
+        E.Recipe("x", optimizer="sgdd")
+    with pytest.raises(ValueError, match="schedule"):
+        E.Recipe("x", schedule="cosine-ish")
+
+
+def test_original_numbers_only_beside_runs_of_their_size():
+    assert E.original_acc("small", 1, "mnist", "vit") == 97.87
+    assert E.original_acc("small", 15, "mnist", "vit") is None          # table 1 was 1 epoch
+    assert E.original_acc("base6", 15, "cifar10", "hybrid") == 73.17
+    assert E.original_acc("base12", 15, "cifar100", "deepvit") == 29.32
+    import pandas as pd
+    from nbhelpers.train import History
+
+    def fake(n_train, epochs, acc, seed=0):
+        curve = pd.DataFrame({"epoch": range(1, epochs + 1), "test_acc": [acc] * epochs})
+        return E.VisionRun("vit", "mnist", "vit", E.ORIGINAL, 1, 4, History(), curve, seed=seed, n_train=n_train,
+                           n_test=10_000, group="table 1", size="small")
+
+    full = [fake(60_000, 1, 0.978, 0), fake(60_000, 1, 0.976, 1)]
+    assert all(E.comparable(r) for r in full)
+    assert not E.comparable(fake(2_000, 1, 0.9)) and not E.comparable(fake(60_000, 15, 0.98))
+    t = E.results_table(full)
+    assert t.loc[0, "original %"] == 97.87 and t.loc[0, "vs original"].startswith("within noise")
+    assert E.like_for_like_verdict(full).startswith("1 of the 1 rows")
+    assert E.like_for_like_verdict([fake(60_000, 1, 0.90)]).startswith("0 of the 1")
+    assert "none of this run's rows" in E.like_for_like_verdict([fake(2_000, 1, 0.9)])
+    assert np.isnan(E.results_table([fake(2_000, 1, 0.9)]).loc[0, "original %"])

@@ -19,6 +19,7 @@ import torch
 from . import data_root
 
 DATASETS = ("mnist", "cifar10", "cifar100")
+TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 # per-dataset channel statistics of the training set (pixel values in [0, 1])
 STATS = {
     "mnist": ((0.1307,), (0.3081,)),

@@ -8,13 +8,19 @@ uses the true image size and a real patch grid (patch 4 by default: 7×7 or 8×8
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 from vit_pytorch import ViT
 from vit_pytorch.deepvit import DeepViT
+from vit_pytorch.vit import Transformer
 from . import count_params  # noqa: F401  (re-exported: models.<family>.count_params)
 
 MODELS = ("cnn", "vit", "deepvit", "hybrid")
 VIT_DIMS = dict(dim=128, depth=6, heads=4, mlp_dim=256, dropout=0.1, emb_dropout=0.1)
+# the transformer sizes of the original's tables: table 1 "small" (1 epoch); tables 2-3 at ViT-Base width (15 epochs)
+SIZES = {"small": VIT_DIMS,
+         "base6": dict(dim=768, depth=6, heads=12, mlp_dim=3072, dropout=0.1, emb_dropout=0.1),
+         "base12": dict(dim=768, depth=12, heads=12, mlp_dim=3072, dropout=0.1, emb_dropout=0.1)}
 
 
 def cnn_stem(in_ch: int) -> nn.Sequential:
@@ -58,19 +64,30 @@ class Hybrid(nn.Module):
         return self.vit(self.stem(x))
 
 
+REPAIRED_MODELS = ("convformer", "convnet")  # the repaired hybrid, and the same network without its transformer
+ALL_MODELS = MODELS + REPAIRED_MODELS + ("stripvit",)
+
+
 def build(name: str, image_shape: tuple, num_classes: int, bug_compatible: bool = True,
           patch_size: int | None = None, **dims) -> nn.Module:
-    """image_shape = (H, W, C) as in the array data."""
+    """image_shape = (H, W, C) as in the array data. ``dims`` override the transformer sizes (VIT_DIMS, or
+    ConvTransformer's keywords for the repaired family)."""
     H, W, C = image_shape
     if H != W:
         raise ValueError(f"square images expected, got {H}x{W}")
+    if name == "stripvit":
+        return StripViT(H, num_classes=num_classes, **dims)
+    if name == "convformer":
+        return ConvTransformer(C, num_classes, H, **dims)
+    if name == "convnet":
+        return ConvTransformer(C, num_classes, H, **{**dims, "depth": 0})
     if name == "cnn":
         return cnn(C, num_classes, H)
     if name in ("vit", "deepvit"):
         return transformer(name, H, C, num_classes, bug_compatible, patch_size, **dims)
     if name == "hybrid":
         return Hybrid(C, num_classes, H, bug_compatible, patch_size, **dims)
-    raise ValueError(f"model={name!r} is not allowed; choose one of {', '.join(MODELS)}")
+    raise ValueError(f"model={name!r} is not allowed; choose one of {', '.join(ALL_MODELS)}")
 
 
 def _vit_of(model: nn.Module) -> nn.Module | None:
@@ -97,8 +114,131 @@ def set_attention_scale(model: nn.Module, scaled: bool = True) -> int:
     many modules were changed."""
     n = 0
     for m in model.modules():
-        if hasattr(m, "scale") and hasattr(m, "to_qkv"):
+        if isinstance(m, StripAttention):
+            m.scaled = scaled
+            n += 1
+        elif hasattr(m, "scale") and hasattr(m, "to_qkv"):
             d_head = m.to_qkv.out_features // 3 // m.heads
             m.scale = d_head ** -0.5 if scaled else 1.0
             n += 1
     return n
+
+
+# ---------------------------------------------------------------- the repaired family
+
+def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
+    """3×3 conv (no bias) → BatchNorm → GELU, then an optional 2×2 max-pool."""
+    layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+    return nn.Sequential(*layers, nn.MaxPool2d(2)) if pool else nn.Sequential(*layers)
+
+
+class Residual(nn.Module):
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+class ConvTransformer(nn.Module):
+    """The repaired hybrid: a BatchNorm ResNet-style stem (32 → 16 → 8 px, or 28 → 14 → 7) whose 8×8 (7×7) feature
+    map becomes 64 (49) tokens for ``depth`` pre-norm layers of vit-pytorch's ``Transformer``, then LayerNorm, mean
+    over tokens and a linear head. ``depth=0`` is the control: the same stem and head with no attention at all."""
+
+    def __init__(self, in_ch: int, num_classes: int, image_size: int, widths=(64, 128, 256), depth: int = 2,
+                 heads: int = 4, mlp_ratio: int = 2, dropout: float = 0.0):
+        super().__init__()
+        w0, w1, w2 = widths
+        if w2 % heads:
+            raise ValueError(f"width {w2} is not divisible by heads={heads}")
+        self.stem = nn.Sequential(conv_bn(in_ch, w0), conv_bn(w0, w1, pool=True),
+                                  Residual(nn.Sequential(conv_bn(w1, w1), conv_bn(w1, w1))),
+                                  conv_bn(w1, w2, pool=True))
+        side = image_size // 4
+        self.depth = depth
+        self.pos = nn.Parameter(torch.randn(1, side * side, w2) * 0.02) if depth else None
+        self.transformer = (Transformer(w2, depth, heads, w2 // heads, mlp_ratio * w2, dropout) if depth
+                            else nn.Identity())
+        self.norm = nn.LayerNorm(w2)
+        self.head = nn.Linear(w2, num_classes)
+
+    def tokens(self, x):
+        return self.stem(x).flatten(2).transpose(1, 2)          # B, side², w2
+
+    def forward(self, x):
+        t = self.tokens(x)
+        if self.depth:
+            t = self.transformer(t + self.pos)
+        return self.head(self.norm(t).mean(1))
+
+
+# ---------------------------------------------------------------- the second original (scale ablation)
+
+class StripAttention(nn.Module):
+    """Multi-head self-attention as the second original wrote it: Q, K, V and output maps with biases, dropout on
+    the attention weights, and the 1/sqrt(head size) scale switchable (``scaled``)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, scaled: bool = True):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"embed size {dim} is not divisible by heads={heads}")
+        self.heads, self.head_size, self.scaled = heads, dim // heads, scaled
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        q, k, v = (rearrange(f(x), "b n (h e) -> b h n e", h=self.heads) for f in (self.q, self.k, self.v))
+        scores = torch.einsum("bhqe,bhke->bhqk", q, k)
+        if self.scaled:
+            scores = scores / self.head_size ** 0.5
+        weights = self.drop(scores.softmax(-1))
+        return self.out(rearrange(weights @ v, "b h n e -> b n (h e)"))
+
+
+class StripBlock(nn.Module):
+    """The second original's block: ``x = LN(x)`` *replaces* the residual stream before attention (its quirk),
+    then x + attention(x), then x + MLP(LN(x)) with GELU and dropout."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, dropout: float, scaled: bool):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = StripAttention(dim, heads, dropout, scaled)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x):
+        x = self.norm1(x)
+        x = x + self.attention(x)
+        return x + self.mlp(self.norm2(x))
+
+
+class StripViT(nn.Module):
+    """The 1-layer ViT of ``Yuanforz/LearnCV`` (pytorch_MNIST/ViT.py), ported with its quirks:
+
+    - "patches" are strips: the 28×28 image is reshaped to 16 rows of 49 *consecutive* pixels (1¾ image rows),
+      not 7×7 squares;
+    - a CLS token is prepended but the classifier reads the **last** token (the last strip);
+    - each block overwrites the residual stream with its LayerNorm (``StripBlock``);
+    - CLS token and position table drawn from N(0, 1); dropout 0.2 everywhere; log-softmax output.
+    """
+
+    def __init__(self, image_size: int = 28, patch_size: int = 7, num_classes: int = 10, dim: int = 128,
+                 heads: int = 8, depth: int = 1, dropout: float = 0.2, scaled: bool = True):
+        super().__init__()
+        self.n, self.strip = (image_size // patch_size) ** 2, patch_size ** 2
+        self.patch_embedding = nn.Linear(self.strip, dim)
+        self.position_embedding = nn.Parameter(torch.randn(1, self.n + 1, dim))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.blocks = nn.ModuleList(StripBlock(dim, heads, 4 * dim, dropout, scaled) for _ in range(depth))
+        self.norm, self.fc, self.dropout = nn.LayerNorm(dim), nn.Linear(dim, num_classes), nn.Dropout(dropout)
+
+    def forward(self, x):
+        if x.shape[1] != 1:
+            raise ValueError(f"the second original is single-channel (MNIST); got {x.shape[1]} channels")
+        x = self.patch_embedding(x.reshape(len(x), self.n, self.strip))
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.position_embedding
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(self.norm(x[:, -1])).log_softmax(-1)
