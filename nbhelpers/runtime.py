@@ -41,6 +41,21 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory in the heap (the runner's KERNEL_MALLOC, for a process that was not
+    started by the runner): without it a CPU training step page-faults its large activation buffers in afresh.
+    Returns False where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim, m_top_pad, m_mmap = -1, -2, -3       # mallopt parameter numbers (malloc.h)
+        return all(libc.mallopt(k, v) == 1 for k, v in ((m_mmap, 1 << 30), (m_trim, 1 << 31 - 1), (m_top_pad, 1 << 30)))
+    except (OSError, AttributeError):
+        return False
+
+
 def bf16_fast(device) -> bool:
     """Whether bfloat16 autocast is a real speed-up here: a CUDA GPU with native bf16 (Ampere or newer; a T4 only
     emulates it), or a CPU with AMX tiles (Sapphire Rapids or newer)."""

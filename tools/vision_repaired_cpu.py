@@ -39,6 +39,7 @@ def main(argv=None) -> int:
         ap.error("--epochs and --batch must be >= 1")
     if a.threads:
         torch.set_num_threads(a.threads)
+    runtime.keep_freed_memory()
     device = runtime.pick_device(a.device)
     data = images.load(a.dataset).subset(a.n_train or None, None)       # fails clearly when the data is absent
     recipe = dataclasses.replace(E.REPAIRED, batch_size=a.batch, lr=a.lr)

@@ -463,6 +463,18 @@ def recipe_sentence(runs: list[VisionRun]) -> str:
     return "; ".join(parts) if parts else "was not run at this profile"
 
 
+def glue_headlines(res, runs: list[VisionRun]) -> None:
+    """Front-page keys per dataset: faithful_vit_<d> (table-1 ViT, mean ± sd), repaired_<d> (mean ± sd) and
+    anchor_vit_<d>: the original's table-1 number only where this run is its own size, data and epochs."""
+    for d in FULL_SIZE:
+        t1 = [r for r in runs if r.group == "table 1" and r.model_name == "vit" and r.dataset == d]
+        res.glue(f"faithful_vit_{d}", seeds.pm([100 * r.max_acc for r in t1]) if t1 else "not run")
+        res.glue(f"anchor_vit_{d}", f"{original_acc('small', len(t1[0].curve), d, 'vit'):.2f}"
+                 if t1 and comparable(t1[0]) else "not comparable at this profile" if t1 else "not run")
+        rep = accs(runs, group="repaired", model_name="convformer", dataset=d)
+        res.glue(f"repaired_{d}", seeds.pm(rep) if rep else "not run")
+
+
 def param_count(model: str, dataset: str = "cifar10") -> int:
     shape, k = SHAPES[dataset]
     return V.count_params(V.build(model, shape, k, bug_compatible=False))
