@@ -79,6 +79,12 @@ def test_flip_and_erase():
     hole = erased.permute(0, 2, 3, 1)[changed]
     assert torch.allclose(hole, mean.expand_as(hole))         # filled with the mean
     assert torch.equal(images.random_erase(x, 4, mean, p=0.0, generator=g), x)
+    # CoarseDropout's hole is always whole: exactly 4x4 pixels, never clipped at the border
+    inside = images.random_erase(torch.rand(256, 3, 8, 8, generator=g), 4, torch.tensor([-1.0] * 3), p=1.0,
+                                 generator=g, mode="inside")
+    assert ((inside == -1).all(1).sum((1, 2)) == 16).all()
+    with pytest.raises(ValueError, match="erase mode"):
+        images.random_erase(x, 4, mean, mode="center")
 
 
 def test_augment_keeps_shape_and_range():

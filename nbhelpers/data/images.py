@@ -156,16 +156,24 @@ def random_flip(x: torch.Tensor, p: float = 0.5, generator=None) -> torch.Tensor
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def random_erase(x: torch.Tensor, size: int, fill: torch.Tensor, p: float = 0.5, generator=None) -> torch.Tensor:
-    """Per-sample: with probability p, fill one size×size square (centre uniform over the image, clipped at the
-    border as in coarse dropout) with ``fill`` (per-channel values, e.g. the dataset mean)."""
+def random_erase(x: torch.Tensor, size: int, fill: torch.Tensor, p: float = 0.5, generator=None,
+                 mode: str = "clip") -> torch.Tensor:
+    """Per-sample: with probability p, fill one size×size square with ``fill`` (per-channel values, e.g. the
+    dataset mean). mode "clip": centre uniform over the image, the square clipped at the border (Cutout);
+    "inside": the whole square inside the image (albumentations' CoarseDropout, chapter 4's original)."""
+    if mode not in ("clip", "inside"):
+        raise ValueError(f"erase mode={mode!r} is not allowed; choose clip or inside")
     B, C, H, W = x.shape
-    cy = torch.randint(0, H, (B,), device=x.device, generator=generator)
-    cx = torch.randint(0, W, (B,), device=x.device, generator=generator)
+    if mode == "clip":
+        y0 = torch.randint(0, H, (B,), device=x.device, generator=generator) - size // 2
+        x0 = torch.randint(0, W, (B,), device=x.device, generator=generator) - size // 2
+    else:
+        y0 = torch.randint(0, H - size + 1, (B,), device=x.device, generator=generator)
+        x0 = torch.randint(0, W - size + 1, (B,), device=x.device, generator=generator)
     apply = torch.rand(B, device=x.device, generator=generator) < p
     ys, xs = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
-    inside_y = (ys[None] >= (cy - size // 2)[:, None]) & (ys[None] < (cy - size // 2 + size)[:, None])
-    inside_x = (xs[None] >= (cx - size // 2)[:, None]) & (xs[None] < (cx - size // 2 + size)[:, None])
+    inside_y = (ys[None] >= y0[:, None]) & (ys[None] < (y0 + size)[:, None])
+    inside_x = (xs[None] >= x0[:, None]) & (xs[None] < (x0 + size)[:, None])
     mask = (inside_y[:, :, None] & inside_x[:, None, :] & apply[:, None, None])[:, None]
     return torch.where(mask, fill.view(1, C, 1, 1).to(x), x)
 
@@ -179,13 +187,14 @@ class Augment:
     flip: bool = False
     erase_size: int = 0
     erase_p: float = 0.5
+    erase_mode: str = "clip"   # clip (Cutout) | inside (CoarseDropout: the square never crosses the border)
 
     def __call__(self, x, mean, generator=None):
         x = random_crop(x, self.crop_padding, generator, self.crop_mode)
         if self.flip:
             x = random_flip(x, 0.5, generator)
         if self.erase_size:
-            x = random_erase(x, self.erase_size, mean, self.erase_p, generator)
+            x = random_erase(x, self.erase_size, mean, self.erase_p, generator, self.erase_mode)
         return x
 
 
