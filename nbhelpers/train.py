@@ -23,6 +23,7 @@ class History:
     status: str = "ok"             # "ok" | "nan" | "diverged"
     reason: str = ""
     stopped_at: int | None = None  # step at which the guard stopped the run
+    diverged_at: int | None = None  # first step whose loss crossed the divergence threshold (stopped or not)
     wall_s: float = 0.0
     samples: int = 0
 
@@ -57,6 +58,7 @@ def fit(
     eval_every: int | None = None,
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
     diverge_factor: float | None = None,
+    on_diverge: str = "stop",
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     check_grads: bool = True,
@@ -67,7 +69,9 @@ def fit(
 
     evaluate(model) -> dict of metrics, called every ``eval_every`` steps (None: at the end of each epoch), in
     eval mode under no_grad. on_step(step, model) runs after every optimiser step (e.g. to capture GIF frames).
-    diverge_factor: stop when a training loss exceeds factor × the first step's loss (e.g. 100).
+    diverge_factor: a training loss above factor × the first step's loss (e.g. 100) counts as divergence.
+    on_diverge: "stop" ends the run there; "report" records it (status "diverged", reason, ``diverged_at``) and
+    trains on, as an original that never checked did. A NaN/inf loss or gradient always stops the run.
     amp_dtype: run forward passes under torch.autocast with this dtype (e.g. torch.bfloat16 on GPU).
     check_grads: also stop (before the optimiser step) when the gradient norm is NaN/inf.
     """
@@ -75,6 +79,8 @@ def fit(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if scheduler_per not in ("step", "epoch"):
         raise ValueError("scheduler_per must be 'step' or 'epoch'")
+    if on_diverge not in ("stop", "report"):
+        raise ValueError(f"on_diverge={on_diverge!r} is not allowed; choose stop or report")
     hist, step, first_loss = History(), 0, None
     t0 = time.perf_counter()
     bar = tqdm(total=epochs, desc=desc, disable=not progress, file=sys.stderr, mininterval=2.0)
@@ -99,11 +105,13 @@ def fit(
                 hist.status, hist.reason = "nan", f"training loss became {value} at step {step} (epoch {epoch + 1})"
             elif diverge_factor is not None:
                 first_loss = value if first_loss is None else first_loss
-                if value > diverge_factor * first_loss:
-                    hist.status = "diverged"
+                if value > diverge_factor * first_loss and hist.diverged_at is None:
+                    hist.status, hist.diverged_at = "diverged", step
                     hist.reason = (f"training loss {value:.4g} exceeded {diverge_factor:g}x the first loss "
                                    f"{first_loss:.4g} at step {step} (epoch {epoch + 1})")
-            if not hist.ok:
+                    if on_diverge == "report":
+                        hist.reason += "; training went on (on_diverge='report')"
+            if hist.status == "nan" or (hist.status == "diverged" and on_diverge == "stop"):
                 hist.rows.append(row)
                 hist.stopped_at = step
                 break
@@ -126,7 +134,7 @@ def fit(
             hist.rows.append(row)
             if on_step is not None:
                 on_step(step, model)
-        if not hist.ok:
+        if hist.stopped_at is not None:
             break
         if scheduler is not None and scheduler_per == "epoch":
             scheduler.step()

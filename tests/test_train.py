@@ -1,3 +1,4 @@
+import pytest
 import math
 
 import torch
@@ -56,6 +57,34 @@ def test_divergence_guard():
     hist = train.fit(model, torch.optim.SGD(model.parameters(), lr=10.0), _data(), nn.functional.mse_loss,
                      epochs=50, diverge_factor=100, progress=False)
     assert hist.status in ("diverged", "nan") and hist.stopped_at is not None and hist.reason
+
+
+class Spike(nn.Module):
+    """A linear model whose output is multiplied by 1000 for steps 3-5 only (a loss spike it recovers from)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.calls = nn.Linear(2, 1), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.lin(x) * (1000.0 if 3 <= self.calls <= 5 else 1.0)
+
+
+def test_divergence_reported_not_stopped_trains_on():
+    torch.manual_seed(0)
+    model = Spike()
+    hist = train.fit(model, torch.optim.SGD(model.parameters(), lr=1e-9), _data(), nn.functional.mse_loss,
+                     epochs=3, diverge_factor=100, on_diverge="report", progress=False)
+    assert hist.status == "diverged" and hist.diverged_at == 2 and hist.stopped_at is None
+    assert "went on" in hist.reason and hist.df.epoch.max() == 2          # all three epochs ran
+    torch.manual_seed(0)
+    stopped = train.fit(Spike(), torch.optim.SGD(model.parameters(), lr=1e-9), _data(), nn.functional.mse_loss,
+                        epochs=3, diverge_factor=100, progress=False)
+    assert stopped.stopped_at == 2 and stopped.diverged_at == 2 and len(stopped.rows) == 3
+    with pytest.raises(ValueError, match="on_diverge"):
+        train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), _data(), nn.functional.mse_loss, epochs=1,
+                  on_diverge="ignore", progress=False)
 
 
 def test_snapshots_record_requested_steps():
