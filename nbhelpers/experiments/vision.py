@@ -468,11 +468,10 @@ def glue_headlines(res, runs: list[VisionRun]) -> None:
     anchor_vit_<d>: the original's table-1 number only where this run is its own size, data and epochs."""
     for d in FULL_SIZE:
         t1 = [r for r in runs if r.group == "table 1" and r.model_name == "vit" and r.dataset == d]
-        res.glue(f"faithful_vit_{d}", seeds.pm([100 * r.max_acc for r in t1]) if t1 else "not run")
+        res.glue(f"faithful_vit_{d}", seeds.pm([100 * r.max_acc for r in t1]))       # '—' when not trained
         res.glue(f"anchor_vit_{d}", f"{original_acc('small', len(t1[0].curve), d, 'vit'):.2f}"
-                 if t1 and comparable(t1[0]) else "not comparable at this profile" if t1 else "not run")
-        rep = accs(runs, group="repaired", model_name="convformer", dataset=d)
-        res.glue(f"repaired_{d}", seeds.pm(rep) if rep else "not run")
+                 if t1 and comparable(t1[0]) else "not comparable at this profile" if t1 else "—")
+        res.glue(f"repaired_{d}", seeds.pm(accs(runs, group="repaired", model_name="convformer", dataset=d)))
 
 
 def param_count(model: str, dataset: str = "cifar10") -> int:
