@@ -91,3 +91,21 @@ def test_augment_keeps_shape_and_range():
     x = torch.rand(16, 3, 32, 32)
     out = images.Augment(crop_padding=4, flip=True, erase_size=16)(x, torch.tensor([0.49, 0.48, 0.45]))
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+
+
+def test_one_channel_batches_do_not_depend_on_how_the_array_was_made():
+    """torchvision's MNIST arrays give the channel axis stride 0, the array cache stride 1 (which also reads as
+    channels-last): the same images must give the same strides, hence the same conv kernels and the same numbers."""
+    base = np.random.default_rng(0).integers(0, 256, (8, 12, 12), dtype=np.uint8)
+    from_files, from_cache = base[..., None], base.reshape(8, 12, 12, 1).copy()
+    assert from_files.strides[-1] != from_cache.strides[-1]
+    outs = []
+    for x in (from_files, from_cache):
+        t = images.as_nchw(x)
+        b = images.DeviceBatches(x, np.zeros(8), batch_size=8, stats=((0.5,), (0.25,)), shuffle=False)
+        xb, _ = next(iter(b))
+        assert t.stride() == b.x.stride() == (144, 144, 12, 1) and xb.stride() == (144, 144, 12, 1)
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(1, 4, 3)
+        outs.append(conv(xb))
+    assert torch.equal(outs[0], outs[1])

@@ -133,6 +133,16 @@ def load(name: str, root: str | os.PathLike | None = None, download: bool = True
     return data
 
 
+def as_nchw(x: np.ndarray, device="cpu") -> torch.Tensor:
+    """uint8 N×H×W×C images as an N×C×H×W tensor with the standard contiguous strides.
+
+    ``permute(...).contiguous()`` keeps whatever stride a size-1 channel axis had, and that stride depends on how
+    the array was made (torchvision's files: 0; the array cache: 1). A one-channel tensor with stride 1 also passes
+    as channels-last, so the convolutions took a different kernel and the same seed gave different numbers
+    depending on whether the cache existed yet. A copy with explicit contiguous strides removes the ambiguity."""
+    return torch.as_tensor(x).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format).to(device)
+
+
 # ------------------------------------------------------------------ batched augmentation on the device
 
 def random_crop(x: torch.Tensor, padding: int, generator=None, mode: str = "reflect") -> torch.Tensor:
@@ -210,7 +220,7 @@ class DeviceBatches:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
-        self.x = torch.as_tensor(x).permute(0, 3, 1, 2).contiguous().to(self.device)  # uint8 N, C, H, W
+        self.x = as_nchw(x, self.device)  # uint8 N, C, H, W
         self.y = torch.as_tensor(y, dtype=torch.long).to(self.device)
         C = self.x.shape[1]
         mean, std = (torch.tensor(s, dtype=torch.float32) for s in stats)

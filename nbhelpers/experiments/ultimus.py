@@ -94,7 +94,7 @@ def train_batches(data: images.ImageData, batch_size: int, device, seed: int = 0
 
 def test_tensors(data: images.ImageData, device):
     """Test images as a uint8 N×C×H×W tensor and labels, on the device."""
-    return (torch.as_tensor(data.x_test).permute(0, 3, 1, 2).contiguous().to(device),
+    return (images.as_nchw(data.x_test, device),
             torch.as_tensor(data.y_test).to(device))
 
 

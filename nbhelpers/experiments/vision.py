@@ -200,7 +200,7 @@ def train_model(data: images.ImageData, model_name: str, recipe: Recipe, epochs:
     stats = stats_for(recipe, data)
     train = images.DeviceBatches(data.x_train, data.y_train, recipe.batch_size, device, stats,
                                  augment_for(data.name) if recipe.augment else None, seed=seed)
-    x_test = torch.as_tensor(data.x_test).permute(0, 3, 1, 2).contiguous().to(device)
+    x_test = images.as_nchw(data.x_test, device)
     y_test = torch.as_tensor(data.y_test).to(device)
     opt = OPTIMIZERS[recipe.optimizer](model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     if recipe.schedule == "onecycle":
@@ -260,7 +260,7 @@ def time_runs(runs: list[VisionRun], data_by_name: dict, device, n: int = 1000, 
     """Adds ``ms_per_1000`` (honest) to each run's timing, measured as the run was evaluated (bf16, mirror TTA)."""
     for r in runs:
         d = data_by_name[r.dataset]
-        x = torch.as_tensor(d.x_test[:n]).permute(0, 3, 1, 2).float().div(255).to(device)
+        x = images.as_nchw(d.x_test[:n], device).float().div(255)
         m = MirrorTTA(r.model) if r.recipe.tta and r.dataset != "mnist" else r.model
         r.timing["ms_per_1000"] = inference_ms(m, x, reps=reps, amp=r.bf16)
 
@@ -527,7 +527,7 @@ def cls_attention(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def plot_attention(data: images.ImageData, models_by_label: dict, stats, n: int = 6):
     """Sample test images and, per model, the CLS attention over its patch grid (upsampled onto the image)."""
-    x_u8 = torch.as_tensor(data.x_test[:n]).permute(0, 3, 1, 2).float().div(255)
+    x_u8 = images.as_nchw(data.x_test[:n]).float().div(255)
     mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in stats)
     rows = 1 + len(models_by_label)
     fig, axes = plt.subplots(rows, n, figsize=(1.6 * n, 1.7 * rows), squeeze=False)
