@@ -77,6 +77,12 @@ def steepest(df: pd.DataFrame, skip_end: int = 3) -> float:
     return float(part.lr.iloc[int(grad[:max(len(grad) - skip_end, 1)].argmin())])
 
 
+def near_end(lr: float, start: float, end: float, frac: float = 0.1) -> bool:
+    """Is ``lr`` in the last ``frac`` of the test's span (on the log axis)? A loss minimum there means the test
+    stopped before the loss turned: the span, not the model, chose it."""
+    return math.log(lr / start) >= (1 - frac) * math.log(end / start)
+
+
 def plot(ax, df: pd.DataFrame, marks: dict | None = None):
     """Loss (raw, faint) and smoothed loss against the learning rate on a log axis; marks = {label: lr}."""
     ax.plot(df.lr, df.loss, alpha=0.3, lw=1, label="loss")

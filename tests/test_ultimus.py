@@ -80,14 +80,35 @@ def test_sqrt8_after_softmax_typo_and_token_attention():
     typo = U.UltimusBlock(48, 8, scale="after")
     am = typo.attention(torch.randn(4, 48))
     torch.testing.assert_close(am.sum(1), torch.full((4, 8), 1 / math.sqrt(8)))
-    tok = U.UltimusBlock(48, 8)
     T = torch.randn(2, 13 * 13, 48)
-    am = tok.attention(T)
-    assert am.shape == (2, 169, 169) and tok(T).shape == (2, 169, 48)
-    torch.testing.assert_close(am.sum(-1), torch.ones(2, 169))
-    assert U.build("tokens").embed(torch.randn(2, 3, 32, 32)).shape == (2, 169, 48)
+    for softmax, axis in (("q", 1), ("k", 2)):
+        tok = U.UltimusBlock(48, 8, softmax=softmax)
+        am = tok.attention(T)
+        assert am.shape == (2, 169, 169) and tok(T).shape == (2, 169, 48)
+        torch.testing.assert_close(am.sum(axis), torch.ones(2, 169))  # normalised over the chosen index
+        z = torch.einsum("bij,bid->bjd", am, tok.v(T)) if softmax == "q" else am @ tok.v(T)
+        torch.testing.assert_close(tok(T), tok.out(z), atol=1e-5, rtol=1e-4)  # the fused kernel = the formula
+    assert U.build("tokens").embed(torch.randn(2, 3, 32, 32)).shape == (2, 26 * 26, 48)  # the spec's own grid
     with pytest.raises(ValueError, match="inside, after"):
         U.UltimusBlock(scale="before")
+    with pytest.raises(ValueError, match="q, k"):
+        U.UltimusBlock(softmax="j")
+
+
+def test_softmax_over_the_other_index_and_the_no_attention_controls():
+    torch.manual_seed(0)
+    X = torch.randn(5, 48)
+    blk = U.UltimusBlock(48, 8, softmax="k")
+    torch.testing.assert_close(blk.attention(X).sum(2), torch.ones(5, 8))
+    assert U.count_params(U.build("softmax_k")) == U.PARAMS_FAITHFUL
+    x = torch.randn(2, 3, 32, 32)
+    for model, control in (("fixed_spec", "fixed_noattn"), ("repaired", "repaired_noattn")):
+        m, c = U.build(model).eval(), U.build(control).eval()
+        assert len(c.blocks) == 0 and U.count_params(m) - U.count_params(c) == 4 * (3 * 48 * 8 + 8 * 48)
+        c.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("blocks.")})
+        X = c.embed(x)
+        torch.testing.assert_close(c(x), c.fc(X.mean(1) if X.dim() == 3 else X))  # FC on the pooled X
+        assert not torch.allclose(m(x), c(x))  # the blocks do something in the model
 
 
 def test_augmentation_crop_flip_and_mean_erase():
@@ -156,8 +177,55 @@ def test_divergence_guard_on_a_planted_blow_up():
     # and on the real model: an absurd peak learning rate is stopped and reported as a row, not trained through
     run = E.train(data, "faithful", E.original(max_lr=1e4, batch_size=16), 2, "cpu")
     assert not run.history.ok and run.history.stopped_at is not None
-    row = E.table([run]).iloc[0]
-    assert row.status in ("diverged", "nan") and row["diverged at step"] == run.history.stopped_at
+    row = E.table({"f": [run]}).iloc[0]
+    assert row["stopped by the guard"] == "1 of 1"
+
+
+def test_faithful_rows_train_through_or_stop_and_the_verdicts_follow_the_numbers():
+    """The same seed and recipe twice: the unguarded row trains on past the crossing (as the original did), the
+    guarded one stops there; up to the crossing the two are the same run."""
+    data = _data()
+    rows = E.faithful_rows(0.3, 16)  # too high a peak: the loss crosses 1.5x its first value at step 4
+    groups = E.run_rows(data, rows, [0], 2, "cpu", diverge_factor=1.5)
+    through, guarded = groups["faithful"][0], groups["guarded"][0]
+    assert through.history.diverged_at == guarded.history.diverged_at is not None
+    assert through.history.stopped_at is None and guarded.history.stopped_at == guarded.history.diverged_at
+    assert list(through.curve.epoch) == [1, 2] and through.diverged_epoch == guarded.diverged_epoch
+    n = guarded.history.stopped_at
+    np.testing.assert_allclose(through.history.df.train_loss[:n], guarded.history.df.train_loss[:n])
+    assert "trained on to the end" in E.outcome(groups["faithful"])
+    assert "stopped it" in E.outcome(groups["guarded"])
+    assert "not comparable" in E.faithful_verdict(groups["faithful"], E.comparable(64, 2, 16, 0.3))
+    assert E.comparable(0, 24, 512, E.ORIGINAL_MAX_LR) and not E.comparable(3000, 24, 512, E.ORIGINAL_MAX_LR)
+
+
+def _fake(label, accs, variant="repaired"):
+    runs = []
+    for a in accs:
+        curve = pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0], "train_acc": [0.3, 0.5],
+                              "test_loss": [2.0, 1.0], "test_acc": [a / 200, a / 100]})
+        runs.append(E.UltimusRun(label, variant, E.working(), 25_000, train.History(), curve))
+    return runs
+
+
+def test_attention_and_target_verdicts_are_computed_from_the_seeds():
+    close = {"repaired": _fake("r", [80.0, 81.0, 82.0]), "repaired_noattn": _fake("c", [80.5, 81.5, 79.5])}
+    far = {"repaired": _fake("r", [86.0, 87.0, 86.5]), "repaired_noattn": _fake("c", [80.5, 81.5, 79.5])}
+    one = {"repaired": _fake("r", [86.0]), "repaired_noattn": _fake("c", [80.0])}
+    assert "does no better than the same network without attention" in E.attention_adds(close, "repaired")
+    assert E.attention_adds(far, "repaired").startswith("beats the same network without attention by 6.00 points")
+    assert "cannot be told apart" in E.attention_adds(one, "repaired")
+    assert "meets ≥ 80 %" in E.target_sentence(far, "repaired", 80, 5) and "meets ≥ 5 points" in \
+        E.target_sentence(far, "repaired", 80, 5)
+    assert "misses ≥ 5 points" in E.target_sentence(close, "repaired", 80, 5)
+    assert "misses ≥ 90 %" in E.target_sentence(far, "repaired", 90)
+    assert E.faithful_verdict(_fake("f", [12.0, 14.0]), True).startswith("within noise")
+    assert E.faithful_verdict(_fake("f", [18.0, 19.0]), True).startswith("not within")
+    groups = {"faithful": _fake("f", [12.0, 13.0]), "low_lr": _fake("l", [24.0, 25.0]),
+              "bn_relu": _fake("b", [40.0, 41.0])}
+    text = E.diagnosis_text(groups)
+    assert "helps by 12.00 points" in text and "helps by 16.00 points" in text
+    assert E.table(groups)["final test acc %"].tolist() == ["12.50 ± 0.71", "24.50 ± 0.71", "40.50 ± 0.71"]
 
 
 def test_train_runs_and_records_curves():
@@ -170,7 +238,8 @@ def test_train_runs_and_records_curves():
     assert abs(peak - 5 / 24 * 24 * 98) <= 2 and sched.lr.max() == pytest.approx(E.ORIGINAL_MAX_LR)
     assert sched.lr.iloc[0] == pytest.approx(E.ORIGINAL_MAX_LR / 10)
     assert sched.lr.iloc[-1] == pytest.approx(E.ORIGINAL_MAX_LR / 100, rel=0.05)
-    assert isinstance(E.table([run]), pd.DataFrame)
+    assert isinstance(E.table({"rep": [run]}), pd.DataFrame)
     for name in E.ABLATIONS:  # every ablation row runs at the lower peak and names one change
-        variant, recipe, label = E.ablation(name, 0.02, 512, 0.1)
-        assert recipe.max_lr == pytest.approx(0.002) and variant in U.VARIANTS and label
+        row = E.ablation(name, 0.02, 512, 0.1)
+        assert row.recipe.max_lr == pytest.approx(0.002) and row.variant in U.VARIANTS and row.label
+        assert row.key == name and row.on_diverge == "stop"

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from .. import lr_range
+from .. import lr_range, seeds as S
 from .. import train as training
 from ..data import images
 from ..models import ultimus as U
@@ -118,9 +118,9 @@ class Tally:
 # ---------------------------------------------------------------- LR-range test
 
 def range_test(data: images.ImageData, recipe: Recipe, device, split: str = "test", steps: int = 100,
-               start_lr: float = 1e-5, end_lr: float = 10.0, seed: int = 0, variant: str = "faithful") -> pd.DataFrame:
+               start_lr: float = 1e-6, end_lr: float = 0.1, seed: int = 0, variant: str = "faithful") -> pd.DataFrame:
     """The range test on the faithful model with the recipe's optimiser. The original ran it on the *test* set
-    (split "test"); "train" uses augmented training batches."""
+    (split "test") from 1e-6 to 0.1 over 100 steps; "train" uses augmented training batches."""
     torch.manual_seed(seed)
     model = U.build(variant).to(device)
     if split == "test":
@@ -142,6 +142,16 @@ class UltimusRun:
     history: training.History
     curve: pd.DataFrame             # per epoch: epoch, train_loss, train_acc, test_loss, test_acc
     model: torch.nn.Module = field(repr=False, default=None)
+    seed: int = 0
+
+    @property
+    def diverged_epoch(self) -> int | None:
+        """The epoch (1-based) in which the training loss first crossed the guard's threshold, stopped or not."""
+        h = self.history
+        if h.diverged_at is None:
+            return None
+        df = h.df
+        return int(df.epoch[df.step == h.diverged_at].iloc[0]) + 1
 
     @property
     def final_acc(self) -> float:
@@ -167,9 +177,10 @@ def fast_model(model: torch.nn.Module, device: torch.device, fast) -> torch.nn.M
 
 def train(data: images.ImageData, variant: str, recipe: Recipe, epochs: int, device, seed: int = 0,
           label: str | None = None, diverge_factor: float | None = 20.0, fast="auto", evaluate: bool = True,
-          **model_kw) -> UltimusRun:
+          on_diverge: str = "stop", **model_kw) -> UltimusRun:
     """Train one variant with one recipe; test loss/accuracy and training accuracy after every epoch. The guard
-    stops the run when the training loss exceeds ``diverge_factor`` × the first loss, or is NaN/inf."""
+    stops the run when the training loss exceeds ``diverge_factor`` × the first loss (``on_diverge="report"``:
+    records it and trains on, as the original did), and always on a NaN/inf loss."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model = U.build(variant, **model_kw).to(device)
@@ -187,38 +198,84 @@ def train(data: images.ImageData, variant: str, recipe: Recipe, epochs: int, dev
         return {"train_acc": tally.take(), "test_loss": m["loss"], "test_acc": m["acc"]}
 
     hist = training.fit(stepper, opt, batches, tally, epochs=epochs, scheduler=sched, scheduler_per="step",
-                        device=device, diverge_factor=diverge_factor, progress=False,
+                        device=device, diverge_factor=diverge_factor, on_diverge=on_diverge, progress=False,
                         evaluate=metrics if evaluate else None, desc=label or variant)
     df = hist.df.reindex(columns=["epoch", "train_loss", "train_acc", "test_loss", "test_acc"])
     curve = (df.groupby("epoch").agg(train_loss=("train_loss", "mean"), train_acc=("train_acc", "last"),
                                      test_loss=("test_loss", "last"), test_acc=("test_acc", "last"))
              .reset_index().assign(epoch=lambda d: d.epoch + 1))
-    return UltimusRun(label or variant, variant, recipe, U.count_params(model), hist, curve, model)
+    return UltimusRun(label or variant, variant, recipe, U.count_params(model), hist, curve, model, seed)
 
 
-# ---------------------------------------------------------------- tables
+# ---------------------------------------------------------------- rows over seeds
 
-def table(runs: list[UltimusRun]) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Row:
+    """One row of a results table: a variant, a recipe, how the guard acts, trained over several seeds."""
+
+    key: str
+    variant: str
+    recipe: Recipe
+    label: str
+    on_diverge: str = "stop"
+    model_kw: tuple = ()            # (name, value) pairs passed to the model's build
+
+
+def run_rows(data: images.ImageData, rows: list[Row], seed_list, epochs: int, device, diverge_factor: float,
+             fast="auto") -> dict[str, list[UltimusRun]]:
+    """Every row for every seed: {row key: [runs]}."""
+    return {r.key: [train(data, r.variant, r.recipe, epochs, device, seed=sd, label=r.label, fast=fast,
+                          diverge_factor=diverge_factor, on_diverge=r.on_diverge, **dict(r.model_kw))
+                  for sd in seed_list]
+            for r in rows}
+
+
+def faithful_rows(peak: float, batch_size: int) -> list[Row]:
+    """The original recipe twice: trained through a divergence as the original was (the guard only reports it),
+    and with the guard stopping the run (the same seed: the same run up to the stop)."""
+    rec = original(peak, batch_size)
+    return [Row("faithful", "faithful", rec, "faithful (trains through, as the original)", "report"),
+            Row("guarded", "faithful", rec, "faithful, guarded (stops at a divergence)", "stop")]
+
+
+REPAIRS = ("fixed", "repaired")
+
+
+def repair_rows(fixed_lr: float, fixed_batch: int, repaired_lr: float, repaired_batch: int,
+                which=REPAIRS) -> list[Row]:
+    """The fixed-spec and repaired models (those in ``which``), each beside its control: the same network and
+    recipe without the attention blocks."""
+    fixed, rep = working(fixed_lr, fixed_batch), working(repaired_lr, repaired_batch)
+    rows = {"fixed": [Row("fixed", "fixed_spec", fixed, "fixed-spec"),
+                      Row("fixed_noattn", "fixed_noattn", fixed, "fixed-spec without attention (control)")],
+            "repaired": [Row("repaired", "repaired", rep, "repaired"),
+                         Row("repaired_noattn", "repaired_noattn", rep, "repaired without attention (control)")]}
+    return [r for name in which for r in rows[name]]
+
+
+def finals(runs: list[UltimusRun]) -> list[float]:
+    return [100 * r.final_acc for r in runs]
+
+
+def table(groups: dict[str, list[UltimusRun]]) -> pd.DataFrame:
+    """One row per key: test accuracy (%) over seeds as mean ± sd, and how many seeds diverged or were stopped."""
     rows = []
-    for r in runs:
-        h = r.history
-        rows.append({"run": r.label, "model": r.variant, "params": r.params, "recipe": r.recipe.name,
-                     "max_lr": r.recipe.max_lr, "epochs run": int(r.curve.epoch.max()) if len(r.curve) else 0,
-                     "final test acc %": 100 * r.final_acc, "max test acc %": 100 * r.max_acc,
-                     "diverged at step": h.stopped_at if not h.ok else np.nan,
-                     "status": "ok" if h.ok else h.status})
+    for runs in groups.values():
+        r0 = runs[0]
+        div = sum(r.history.diverged_at is not None for r in runs)
+        stopped = sum(r.history.stopped_at is not None for r in runs)
+        epochs = sorted({int(r.curve.epoch.max()) if len(r.curve) else 0 for r in runs})
+        rows.append({"run": r0.label, "model": r0.variant, "params": r0.params, "recipe": r0.recipe.name,
+                     "max_lr": r0.recipe.max_lr, "batch": r0.recipe.batch_size, "seeds": len(runs),
+                     "epochs run": "/".join(map(str, epochs)),
+                     "final test acc %": S.pm(finals(runs)),
+                     "max test acc %": S.pm([100 * r.max_acc for r in runs]),
+                     "diverged (seeds)": f"{div} of {len(runs)}", "stopped by the guard": f"{stopped} of {len(runs)}"})
     return pd.DataFrame(rows)
 
 
 def styled(df: pd.DataFrame):
-    return plots.table_style(df).format({"final test acc %": "{:.2f}", "max test acc %": "{:.2f}",
-                                         "params": "{:,.0f}", "max_lr": "{:.3g}", "diverged at step": "{:.0f}"},
-                                        na_rep="—")
-
-
-def comparison(a: float, b: float, tol: float = 0.5) -> str:
-    """'above', 'below' or 'about level with' (a vs b, in the same units; tol = what counts as level)."""
-    return "about level with" if abs(a - b) <= tol else ("above" if a > b else "below")
+    return plots.table_style(df).format({"params": "{:,.0f}", "max_lr": "{:.3g}"}, na_rep="—")
 
 
 # ---------------------------------------------------------------- figures
@@ -248,9 +305,12 @@ def plot_batch(batches: images.DeviceBatches, classes, n: int = 32):
     return fig
 
 
-def plot_range(df: pd.DataFrame, marks: dict):
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    lr_range.plot(ax, df, marks)
+def plot_ranges(panels: dict):
+    """panels: {title: (range-test DataFrame, {label: lr})}, side by side."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), squeeze=False)
+    for ax, (title, (df, marks)) in zip(axes.flat, panels.items()):
+        lr_range.plot(ax, df, marks)
+        ax.set_title(title, fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -267,7 +327,8 @@ def plot_schedules(schedules: dict):
 
 
 def plot_curves(runs: list[UltimusRun]):
-    """Train/test loss and accuracy per epoch; a cross marks where the guard stopped a run."""
+    """Train/test loss and accuracy per epoch (one seed per row); a cross marks where the guard stopped a run, a
+    ring the epoch in which a run that trained on crossed the guard's threshold."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for i, r in enumerate(runs):
         c, color = r.curve, f"C{i % 10}"
@@ -275,8 +336,11 @@ def plot_curves(runs: list[UltimusRun]):
         axes[0].plot(c.epoch, c.test_loss, color=color, ls="--", marker="s", ms=3)
         axes[1].plot(c.epoch, 100 * c.train_acc, color=color, marker="o", ms=3, label=r.label)
         axes[2].plot(c.epoch, 100 * c.test_acc, color=color, marker="o", ms=3, label=r.label)
-        if not r.history.ok and len(c):
+        if r.history.stopped_at is not None and len(c):
             axes[0].plot(c.epoch.iloc[-1], c.train_loss.iloc[-1], "x", color=color, ms=10, mew=2)
+        elif r.diverged_epoch is not None:
+            e = c[c.epoch == r.diverged_epoch]
+            axes[0].plot(e.epoch, e.train_loss, "o", mfc="none", color=color, ms=12, mew=2)
     axes[0].set(xlabel="epoch", ylabel="loss (solid train, dashed test)", yscale="log", title="loss")
     axes[1].set(xlabel="epoch", ylabel="accuracy %", title="training accuracy (augmented)")
     axes[2].set(xlabel="epoch", ylabel="accuracy %", title="test accuracy")
@@ -311,10 +375,13 @@ def plot_misclassified(run: UltimusRun, data: images.ImageData, n: int = 24):
 DESCRIPTIONS = {
     "faithful": "linear convs, attention over the 8 features of X",
     "bn_relu": "BN+ReLU convs",
-    "tokens": "attention across 13×13 spatial tokens, then pooling",
+    "tokens": "attention across the 26×26 spatial tokens, then pooling",
+    "softmax_k": "softmax over the K index (the other dimension)",
     "sqrt8_after": "softmax(QᵀK)/√8 (the spec's typo)",
     "fixed_spec": "the spec's shape with BN+ReLU convs, FC on X + u4",
+    "fixed_noattn": "fixed-spec without the four Ultimus blocks (control): FC on X",
     "repaired": "depthwise-separable residual convs down to 8×8, attention across 64 tokens, FC on X + u4",
+    "repaired_noattn": "repaired without the four Ultimus blocks (control): FC on pooled X",
 }
 
 
@@ -337,47 +404,122 @@ def linear_map_residual(model: torch.nn.Module, n: int = 400, seed: int = 0) -> 
     return float((patches @ W - X).norm() / X.norm())
 
 
-def outcome(r: UltimusRun) -> str:
-    h = r.history
-    if h.ok:
-        return f"it trained all {int(r.curve.epoch.max())} epochs without tripping the guard"
-    return f"the guard stopped it — {h.reason}"
+def outcome(runs: list[UltimusRun]) -> str:
+    """What the guard saw, over seeds: e.g. 'the training loss crossed 20× its first loss in epoch 4 (2 of 2
+    seeds); it trained on to the end' or 'it trained all 24 epochs without crossing the threshold'."""
+    div = [r for r in runs if r.history.diverged_at is not None]
+    n = len(runs)
+    if not div:
+        e = int(runs[0].curve.epoch.max())
+        return f"it trained all {e} epoch{'s' * (e != 1)} without crossing the guard's threshold" + \
+            (f" ({n} of {n} seeds)" if n > 1 else "")
+    epochs = sorted({r.diverged_epoch for r in div})
+    where = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {', '.join(map(str, epochs))}"
+    stopped = sum(r.history.stopped_at is not None for r in div)
+    then = ("the guard stopped it there" if stopped == len(div) else
+            "it trained on to the end, as the original did" if stopped == 0 else f"{stopped} were stopped")
+    return f"its training loss crossed the guard's threshold in {where} ({len(div)} of {n} seeds); {then}"
 
 
-def glue_run(res, key: str, r: UltimusRun) -> None:
-    """<key>_final, <key>_max (test accuracy %), <key>_outcome (a sentence), <key>_params."""
-    res.glue(f"{key}_final", 100 * r.final_acc)
-    res.glue(f"{key}_max", 100 * r.max_acc)
-    res.glue(f"{key}_outcome", outcome(r))
-    res.glue(f"{key}_params", r.params)
+def glue_rows(res, groups: dict[str, list[UltimusRun]], rows: list[Row] = ()) -> None:
+    """<key>_final, <key>_max ('mean ± sd' %), <key>_final_mean (float), <key>_outcome, <key>_params per row;
+    a row of ``rows`` that did not run gets '—' (and its model's parameter count), so the page still builds."""
+    for r in rows:
+        if r.key not in groups:
+            for k in ("final", "final_mean", "max", "outcome"):
+                res.glue(f"{r.key}_{k}", "—" if k != "final_mean" else float("nan"))
+            res.glue(f"{r.key}_params", U.count_params(U.build(r.variant)))
+    for key, runs in groups.items():
+        res.glue(f"{key}_final", S.pm(finals(runs)))
+        res.glue(f"{key}_final_mean", S.summary(finals(runs))["mean"])
+        res.glue(f"{key}_max", S.pm([100 * r.max_acc for r in runs]))
+        res.glue(f"{key}_outcome", outcome(runs))
+        res.glue(f"{key}_params", runs[0].params)
 
 
-def diagnosis_text(faithful: UltimusRun, ablation_runs: dict) -> str:
-    """One sentence per ablation with its outcome and final accuracy — the lower peak against the faithful run,
-    the model ablations against the lower-peak run (their baseline, when it ran). Computed, so it stays true
-    whatever the profile."""
+def first_epochs(runs: list[UltimusRun], n: int = 3) -> str:
+    """Test accuracy in the first n epochs, mean over seeds: '18.74 / 21.64 / 22.28 %'."""
+    cols = [[100 * r.curve.test_acc.iloc[i] for r in runs if len(r.curve) > i] for i in range(n)]
+    return " / ".join(f"{np.mean(c):.2f}" for c in cols if c) + " %"
+
+
+def comparable(n_train: int, epochs: int, batch_size: int, peak: float) -> bool:
+    """Our faithful row is the original's run only at its data, epochs, batch and peak."""
+    return n_train in (0, 50_000) and epochs == 24 and batch_size == 512 and abs(peak - ORIGINAL_MAX_LR) < 1e-9
+
+
+def faithful_verdict(runs: list[UltimusRun], is_comparable: bool, tol: float = 3.0) -> str:
+    """Our unguarded faithful row against the original's final 12.99 %, only when the runs are comparable."""
+    if not is_comparable:
+        return ("not comparable at this profile (the original trained on all 50,000 images for 24 epochs at batch "
+                "512 and peak 0.02477)")
+    return S.within_word(S.within(finals(runs), ORIGINAL["final_acc"], tol)) + " of the original's final accuracy"
+
+
+def diagnosis_text(groups: dict[str, list[UltimusRun]]) -> str:
+    """One sentence per ablation, computed over seeds: the lower peak against the faithful row, every model
+    ablation against the lower-peak row (its baseline, when it ran)."""
     parts = []
-    low = ablation_runs.get("low_lr")
-    for name, r in ablation_runs.items():
-        base, base_label = ((faithful, "faithful run") if name == "low_lr" or low is None
-                            else (low, "lower-peak run"))
-        a, b = 100 * r.final_acc, 100 * base.final_acc
-        status = ("trained through" if r.history.ok else
-                  f"was stopped by the guard at step {r.history.stopped_at} ({r.history.status})")
-        parts.append(f"{r.label}: {status}, final test accuracy {a:.2f} %, {comparison(a, b)} the {base_label}'s "
-                     f"{b:.2f} %.")
+    faithful = groups.get("guarded") or groups.get("faithful")
+    low = groups.get("low_lr")
+    for name in ABLATIONS:
+        if name not in groups:
+            continue
+        runs = groups[name]
+        base, base_label = ((faithful, "the faithful run") if name == "low_lr" or low is None
+                            else (low, "the lower-peak run"))
+        if base is None:
+            continue
+        word = S.matters(S.differ(finals(base), finals(runs)))
+        parts.append(f"{runs[0].label}: final test accuracy {S.pm(finals(runs))} % against {S.pm(finals(base))} % "
+                     f"for {base_label} — the change {word}; {outcome(runs)}.")
     return " ".join(parts) if parts else "No ablation rows were run in this profile."
 
 
-ABLATIONS = ("low_lr", "bn_relu", "tokens", "sqrt8_after")
+def attention_adds(groups: dict[str, list[UltimusRun]], key: str) -> str:
+    """e.g. 'beats the same network without attention by 3.10 points' — the repair against its control."""
+    if key not in groups or f"{key}_noattn" not in groups:
+        return "—"
+    c = S.differ(finals(groups[f"{key}_noattn"]), finals(groups[key]))
+    return (f"{S.beats(c, 'the same network without attention')}: {S.pm(finals(groups[key]))} % against "
+            f"{S.pm(finals(groups[f'{key}_noattn']))} %")
 
 
-def ablation(name: str, peak: float, batch_size: int, low_lr_factor: float = 0.1) -> tuple[str, Recipe, str]:
-    """(variant, recipe, label) of one ablation row. "low_lr" is the faithful run at ``low_lr_factor`` × the peak;
-    the model ablations keep that lower peak and change one thing of the model, so that a divergence does not
-    hide what the change does (each is compared with the "low_lr" row)."""
+def target_sentence(groups: dict[str, list[UltimusRun]], key: str, target: float, margin: float | None = None,
+                    full: bool = True) -> str:
+    """Whether a row meets its full-profile target (mean over seeds; and, with ``margin``, that many points above
+    its no-attention control, beyond seed noise)."""
+    if key not in groups:
+        return "—"
+    m = S.summary(finals(groups[key]))
+    scope = "" if full else " (this profile is smaller than the full one the target is set for)"
+    ok = m["mean"] >= target
+    text = f"mean {m['mean']:.2f} % over {m['n']} seed{'s' * (m['n'] > 1)}: {'meets' if ok else 'misses'} ≥ {target:g} %"
+    if margin is not None and f"{key}_noattn" in groups:
+        c = S.differ(finals(groups[f"{key}_noattn"]), finals(groups[key]))
+        above = c["diff"] >= margin and c["significant"]
+        text += (f"; {c['diff']:+.2f} points against its control: {'meets' if above else 'misses'} "
+                 f"≥ {margin:g} points beyond seed noise")
+    return text + scope
+
+
+ABLATIONS = ("low_lr", "bn_relu", "tokens", "softmax_k", "sqrt8_after")
+
+
+def token_grid(token_pool: int = 1) -> int:
+    """Side of the token grid of the "tokens" ablation: the spec's 26×26 conv map, average-pooled by token_pool."""
+    return 26 // token_pool
+
+
+def ablation(name: str, peak: float, batch_size: int, low_lr_factor: float = 0.1, token_pool: int = 1) -> Row:
+    """One ablation row. "low_lr" is the faithful run at ``low_lr_factor`` × the peak; the model ablations keep
+    that lower peak and change one thing of the model, so that a divergence does not hide what the change does
+    (each is compared with the "low_lr" row). ``token_pool`` > 1 pools the "tokens" row's map first (cheaper)."""
     low = replace(original(peak, batch_size), max_lr=peak * low_lr_factor)
-    return {"low_lr": ("faithful", low, f"lower peak ({low_lr_factor:g}×)"),
-            "bn_relu": ("bn_relu", low, "BN+ReLU convs"),
-            "tokens": ("tokens", low, "attention over spatial tokens"),
-            "sqrt8_after": ("sqrt8_after", low, "√8 after softmax (typo)")}[name]
+    g = token_grid(token_pool)
+    variant, label = {"low_lr": ("faithful", f"lower peak ({low_lr_factor:g}×)"),
+                      "bn_relu": ("bn_relu", "BN+ReLU convs"),
+                      "tokens": ("tokens", f"attention over {g}×{g} spatial tokens"),
+                      "softmax_k": ("softmax_k", "softmax over the K index"),
+                      "sqrt8_after": ("sqrt8_after", "√8 after softmax (typo)")}[name]
+    return Row(name, variant, low, label, model_kw=(("token_pool", token_pool),) if name == "tokens" else ())

@@ -9,8 +9,11 @@ FC(48→10, no bias) on u4. The original convs have no bias, no BatchNorm and no
 Switches (``build(...)`` keywords; defaults = the original):
 - ``conv``: "linear" (original) | "bn_relu" (each conv followed by BatchNorm + ReLU).
 - ``tokens``: False (original: attend over the 8 features of the single pooled vector) | True (every spatial
-  position of the conv map is a token; Ultimus attention runs across tokens, softmax over the key tokens, and the
-  pooling comes after the blocks). ``token_pool`` average-pools the map first (26 → 13 with 2) to bound the cost.
+  position of the conv map is a token — 26×26 = 676 at the spec's size; Ultimus attention runs across the tokens
+  and the pooling comes after the blocks). ``token_pool`` average-pools the map first (26 → 13 with 2).
+- ``softmax``: "q" (original: normalise over the Q index i of q_i·k_j, output Z_j = Σ_i v_i AM[i, j]) | "k"
+  (normalise over the K index j, the other dimension). Over tokens, "q" is standard attention with the roles of
+  Q and K swapped (K's tokens ask, Q's tokens answer), "k" is the textbook orientation.
 - ``scale``: "inside" (softmax(QᵀK/√8), as the formula says) | "after" (softmax(QᵀK)/√8: the spec's typo).
 - ``backbone``: "spec" (the three convs above) | "separable" (the repaired model's feature extractor: one 3×3
   conv, then depthwise-separable residual blocks 16→48 @32, 48→64→64 @16, 64→64→48 @8; ``separable_stack``).
@@ -26,6 +29,7 @@ from . import count_params  # noqa: F401  (re-exported)
 
 CONVS = ("linear", "bn_relu")
 SCALES = ("inside", "after")
+SOFTMAX = ("q", "k")
 BACKBONES = ("spec", "separable")
 WIDTHS = (16, 32, 48)
 PARAMS_FAITHFUL = 25_488
@@ -34,32 +38,45 @@ PARAMS_FAITHFUL = 25_488
 class UltimusBlock(nn.Module):
     """One Ultimus block: K, Q, V = Linear(dim→d), attention, Out = Linear(d→dim), all without bias.
 
-    Input (B, dim) — the original: AM[b] = softmax over i of q_i k_j / √d (an outer product; i indexes Q), and
-    Z_j = Σ_i v_i AM[i, j]. Input (B, T, dim) — tokens: standard attention across the T tokens, AM = softmax over
-    keys of Q Kᵀ / √d, Z = AM V. ``scale="after"`` divides the softmax output by √d instead (the spec's typo).
+    Input (B, dim) — the original: AM[b, i, j] = q_i k_j / √d (an outer product; i indexes Q) normalised over i
+    (``softmax="q"``) or over j ("k"), and Z_j = Σ_i v_i AM[i, j]. Input (B, T, dim) — tokens: the same formula
+    with i, j indexing tokens, AM[i, j] = q_i · k_j / √d, Z_j = Σ_i AM[i, j] v_i. ``scale="after"`` divides the
+    softmax output by √d instead (the spec's typo).
     """
 
-    def __init__(self, dim: int = 48, d: int = 8, scale: str = "inside"):
+    def __init__(self, dim: int = 48, d: int = 8, scale: str = "inside", softmax: str = "q"):
         super().__init__()
         if scale not in SCALES:
             raise ValueError(f"scale={scale!r} is not allowed; choose one of {', '.join(SCALES)}")
+        if softmax not in SOFTMAX:
+            raise ValueError(f"softmax={softmax!r} is not allowed; choose one of {', '.join(SOFTMAX)}")
         self.k, self.q, self.v = (nn.Linear(dim, d, bias=False) for _ in range(3))
         self.out = nn.Linear(d, dim, bias=False)
-        self.d, self.scale = d, scale
+        self.d, self.scale, self.softmax = d, scale, softmax
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """The attention matrix AM: (B, d, d) for one vector per image, (B, T, T) for tokens."""
+        """The attention matrix AM[i, j] (i indexes Q, j indexes K): (B, d, d) for one vector per image, (B, T, T)
+        for tokens."""
         q, k = self.q(x), self.k(x)
         s = 1.0 if self.scale == "after" else 1 / math.sqrt(self.d)
-        if x.dim() == 2:  # outer product q_i k_j; softmax over the Q index i (dim 1)
-            am = torch.softmax(q[:, :, None] * k[:, None, :] * s, dim=1)
-        else:             # tokens: rows are queries, softmax over the key tokens
-            am = torch.softmax(q @ k.transpose(1, 2) * s, dim=-1)
+        scores = q[:, :, None] * k[:, None, :] if x.dim() == 2 else q @ k.transpose(1, 2)
+        am = torch.softmax(scores * s, dim=1 if self.softmax == "q" else 2)
         return am / math.sqrt(self.d) if self.scale == "after" else am
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        am, v = self.attention(x), self.v(x)
-        z = (v[:, None, :] @ am)[:, 0] if x.dim() == 2 else am @ v  # Z = V·AM (B, d) | AM V (B, T, d)
+        v = self.v(x)
+        if x.dim() == 3 and self.scale == "inside":
+            # the same attention through the fused kernel (no T×T matrix kept: 676 tokens at batch 512 would
+            # hold about 1 GB per block): softmax over Q's index = SDPA with K's tokens as the queries
+            q, k = self.q(x), self.k(x)
+            query, key = (k, q) if self.softmax == "q" else (q, k)
+            z = nn.functional.scaled_dot_product_attention(query, key, v)
+            return self.out(z)
+        am = self.attention(x)
+        if x.dim() == 2:
+            z = (v[:, None, :] @ am)[:, 0]           # Z_j = Σ_i v_i AM[i, j]     (B, d)
+        else:
+            z = (am.transpose(1, 2) if self.softmax == "q" else am) @ v  # Z = AMᵀ V (or AM V)   (B, T, d)
         return self.out(z)
 
 
@@ -97,7 +114,7 @@ SEPARABLE_PLAN = (16, 48, "pool", 64, 64, "pool", 64, 48)
 def separable_stack(plan=SEPARABLE_PLAN) -> nn.Sequential:
     """The repaired feature extractor: a 3×3 conv (3→plan[0], BN, ReLU) at 32×32, then a ``Separable`` block per
     width and a 2×2 max-pool per "pool" — by default 32×32×48 → 16×16×64 → 8×8×48, about 13 k parameters.
-    Depthwise-separable blocks buy depth (receptive field 40 px) and width for few parameters."""
+    Depthwise-separable blocks buy depth (receptive field 32 px) and width for few parameters."""
     layers = [nn.Conv2d(3, plan[0], 3, padding=1, bias=False), nn.BatchNorm2d(plan[0]), nn.ReLU(inplace=True)]
     c = plan[0]
     for item in plan[1:]:
@@ -111,9 +128,9 @@ def separable_stack(plan=SEPARABLE_PLAN) -> nn.Sequential:
 
 class Ultimus(nn.Module):
     """convs → (pool → 4 Ultimus blocks | 4 token blocks → pool) → FC(→10, no bias) on u4 (``head_skip``: on
-    X + u4)."""
+    X + u4). ``blocks=0`` with ``head_skip`` is the same network without attention: FC on the pooled X."""
 
-    def __init__(self, conv: str = "linear", tokens: bool = False, scale: str = "inside",
+    def __init__(self, conv: str = "linear", tokens: bool = False, scale: str = "inside", softmax: str = "q",
                  token_pool: int = 1, blocks: int = 4, d: int = 8, widths=WIDTHS, num_classes: int = 10,
                  head_skip: bool = False, backbone: str = "spec"):
         super().__init__()
@@ -122,7 +139,7 @@ class Ultimus(nn.Module):
         self.head_skip = head_skip
         self.features = conv_stack(conv, widths) if backbone == "spec" else separable_stack()
         self.tokens, self.token_pool = tokens, token_pool
-        self.blocks = nn.ModuleList(UltimusBlock(widths[-1], d, scale) for _ in range(blocks))
+        self.blocks = nn.ModuleList(UltimusBlock(widths[-1], d, scale, softmax) for _ in range(blocks))
         self.fc = nn.Linear(widths[-1], num_classes, bias=False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,9 +153,9 @@ class Ultimus(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         X = self.embed(x)
-        u = self.blocks[0](X)
-        for block in self.blocks[1:]:  # u2 = U2(X + u1), u3 = U3(X + u2), u4 = U4(X + u3)
-            u = block(X + u)
+        u = torch.zeros_like(X)  # blocks=0: the no-attention control (with head_skip the classifier reads X)
+        for i, block in enumerate(self.blocks):  # u1 = U1(X), u2 = U2(X + u1), u3 = U3(X + u2), u4 = U4(X + u3)
+            u = block(X if i == 0 else X + u)
         if self.head_skip:  # FC(X + u4): the 48 features reach the classifier, not only u4's rank-8 image
             u = X + u
         if self.tokens:
@@ -149,10 +166,13 @@ class Ultimus(nn.Module):
 VARIANTS = {
     "faithful": dict(),
     "bn_relu": dict(conv="bn_relu"),
-    "tokens": dict(tokens=True, token_pool=2),
+    "tokens": dict(tokens=True),                      # 26×26 = 676 tokens, the original's softmax orientation
+    "softmax_k": dict(softmax="k"),
     "sqrt8_after": dict(scale="after"),
     "fixed_spec": dict(conv="bn_relu", head_skip=True),
-    "repaired": dict(backbone="separable", tokens=True, head_skip=True),
+    "fixed_noattn": dict(conv="bn_relu", head_skip=True, blocks=0),
+    "repaired": dict(backbone="separable", tokens=True, head_skip=True, softmax="k"),
+    "repaired_noattn": dict(backbone="separable", tokens=True, head_skip=True, blocks=0),
 }
 
 
