@@ -167,3 +167,141 @@ def test_threads_context_restores():
     with runtime.threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+# ---------------------------------------------------------------- verdicts (synthetic loss curves: no training)
+LINE = 0.89  # a best-straight-line accuracy for the synthetic runs below
+
+
+def _curve(*pieces):
+    return np.concatenate([np.asarray(p, dtype=float) for p in pieces])
+
+
+def test_verdict_fits_fails_plateaus_and_flips_with_the_numbers():
+    flat = np.full(200, 0.2)
+    assert ex.verdict(flat, 1.0, False, LINE) == "fits"
+    assert ex.verdict(flat, 1.0, True, LINE) == "fails"          # the guard stopped it: never "fits"
+    assert ex.verdict(flat, 0.95, False, LINE) == "plateaus"     # above the line, loss no longer moving
+    assert ex.verdict(flat, LINE, False, LINE) == "fails"        # no better than the best straight line
+    assert ex.verdict(flat, 0.80, False, LINE) == "fails"
+    assert ex.verdict(flat, 0.95, False, 0.96) == "fails"        # the same run against a better line
+    # the plateau tolerance: a tail that still moves by more than FLAT_TOL (but not steadily down) is "unstable"
+    wobble = _curve(np.full(190, 0.2), np.tile([0.2, 0.2 * (1 + 2 * ex.FLAT_TOL)], 5))
+    assert ex.verdict(wobble, 0.95, False, LINE) == "unstable"
+
+
+def test_verdict_still_learning_needs_a_steady_fall_without_jumps():
+    falling = np.geomspace(0.7, 0.2, 200)                        # falls by a constant share on every step
+    assert ex.verdict(falling, 0.80, False, LINE) == "still learning"   # below the line, but not done
+    assert ex.verdict(falling, 0.95, False, LINE) == "still learning"
+    assert ex.verdict(falling, 1.0, False, LINE) == "fits"
+    # too slow a fall over the tail (less than STEADY_DROP) is not learning any more
+    slow = np.concatenate([np.geomspace(0.7, 0.3, 180), np.linspace(0.3, 0.3 * (1 - ex.STEADY_DROP / 2), 21)[1:]])
+    assert ex.verdict(slow, 0.80, False, LINE) == "fails"
+    assert ex.verdict(slow, 0.95, False, LINE) == "plateaus"
+    # a calm, falling stretch after a pole-crossing jump in the second half does not count as learning
+    jumpy = falling.copy()
+    jumpy[120:] *= 1 + 3 * ex.JUMP
+    assert ex.verdict(jumpy, 0.80, False, LINE) == "fails"
+    # a jump in the first half is forgotten
+    early = falling.copy()
+    early[40:] *= 1 + 3 * ex.JUMP
+    assert ex.verdict(early, 0.80, False, LINE) == "still learning"
+    # the tail is at least TAIL_MIN steps: a short run is judged on that many
+    assert ex.verdict(np.geomspace(0.7, 0.3, ex.TAIL_MIN + 1), 0.80, False, LINE) == "still learning"
+
+
+def test_verdict_phrases_and_agreement_with_the_original():
+    assert ex.verdict_phrase(["fits"] * 3) == "fits at every seed"
+    assert ex.verdict_phrase(["fits"]) == "fits (one seed)"
+    assert ex.verdict_phrase(["fails", "fits", "fits"]) == "fits at 2 of 3 seeds and fails at 1"
+    assert ex.verdict_phrase(["still learning", "plateaus"]) == "plateaus at 1 of 2 seeds and is still learning at 1"
+    assert ex.agreement("fit", ["fits", "fits"]) == "every seed"
+    assert ex.agreement("fit", ["fits", "plateaus"]) == "some seeds"
+    assert ex.agreement("fit", ["fails", "plateaus"]) == "no seed"
+    assert ex.agreement("fail", ["fails", "fails"]) == "every seed"
+    assert ex.agreement("fail", ["still learning", "still learning"]) == "undecided"
+    verdicts = {"relu": ["fits", "fails"], "sort": ["fits", "fits"], "sgn": ["fails", "fails"],
+                "tan_tan": ["fits", "plateaus"], "square": ["still learning"] * 2}
+    note = ex.agreement_note(verdicts)
+    assert "at every seed for 2 of the 5 variants" in note and "some seeds only for relu;" in note
+    assert "at no seed for tan × tan" in note and "not yet decided (every seed still learning) for x²" in note
+    assert ex.agreement_counts(verdicts) == {"every seed": 2, "some seeds": 1, "no seed": 1, "undecided": 1}
+    seeds = ex.seeds_note(verdicts)
+    assert seeds.startswith("Seeds matter: relu fits at 1 of 2 seeds and fails at 1.")
+    assert "1 fit at no seed of this run: x² (is still learning at every seed)" in seeds
+    assert ex.seeds_note({"relu": ["fits"] * 2, "sgn": ["fails"] * 2}).startswith("Every variant the original")
+    assert ex.group_names(verdicts, "fits") == "sort" and ex.group_names(verdicts, "unstable") == "none"
+
+
+def test_best_line_is_exact_on_hand_made_points():
+    # separable by a line: 100 %; one point of class 1 deep inside class 0 costs exactly one point
+    X = np.array([[0, 0], [1, 0], [0, 1], [3, 3], [4, 3], [3, 4]], dtype=float)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    assert ex.best_line(X, y)["train_acc"] == 1.0
+    X2, y2 = np.vstack([X, [[0.3, 0.3]]]), np.append(y, 1)
+    far = np.array([[-1, -1], [-0.5, 0], [5, 5], [4, 5]], dtype=float)  # fresh points well off any tied line
+    line = ex.best_line(X2, y2, far, np.array([0, 0, 1, 1]))
+    assert line["train_acc"] == pytest.approx(6 / 7) and line["heldout_acc"] == 1.0
+    # XOR: no line gets more than 3 of 4
+    assert ex.best_line(np.array([[0, 0], [1, 1], [0, 1], [1, 0]], float), np.array([0, 0, 1, 1]))["train_acc"] == 0.75
+
+
+def test_the_moons_need_a_nonlinearity(data):
+    line = ex.best_line(data["X"], data["y"], data["X_test"], data["y_test"])
+    assert 0.8 < line["train_acc"] < 1.0 and 0.8 < line["heldout_acc"] < 1.0
+
+
+def test_heldout_and_line_words_follow_seed_noise():
+    assert ex.versus_line([90.0, 91.0, 89.0], 80.0) == "above"
+    assert ex.versus_line([70.0, 71.0, 69.0], 80.0) == "below"
+    assert ex.versus_line([70.0, 90.0], 80.0) == "level with"
+    assert ex.rank_word({"a": 3.0, "b": 1.0, "c": 2.0}, "c") == "the 2nd largest"
+    assert ex.rank_word({"a": 3.0, "b": 1.0}, "a") == "the largest"
+    assert ex.regions_word(2.0) == "keeps 2 decision regions"
+    assert ex.regions_word(104.5) == "shatters into 104 decision regions"
+    assert ex.gradient_word(0.0) == "no gradient" and ex.gradient_word(1e-9) == "a gradient"
+    assert [ex.poles_within(m) for m in (1.0, 1.6, 4.8, 9.05)] == [0, 2, 4, 6]
+
+
+def _fake_run(variant, seed, heldout):
+    hist = type("H", (), {"ok": True, "stopped_at": None, "df": None})()
+    return ex.MoonsRun(variant, seed, None, hist, 10, 5, 1.0, 0.01, heldout, np.zeros((0, 3)), None, 2)
+
+
+def test_heldout_note_says_within_or_beyond_seed_noise():
+    fits = {"relu": ["fits"] * 3, "sort": ["fits"] * 3, "sgn": ["fails"] * 3}
+    close = {(v, s): _fake_run(v, s, h) for v, hs in {"relu": [0.99, 0.98, 1.0], "sort": [0.98, 1.0, 0.99],
+                                                       "sgn": [0.7, 0.7, 0.7]}.items() for s, h in enumerate(hs)}
+    assert "within seed noise" in ex.heldout_note(close, fits)
+    apart = {(v, s): _fake_run(v, s, h) for v, hs in {"relu": [0.99, 0.98, 1.0], "sort": [0.90, 0.91, 0.89],
+                                                       "sgn": [0.7, 0.7, 0.7]}.items() for s, h in enumerate(hs)}
+    note = ex.heldout_note(apart, fits)
+    assert "beyond seed noise" in note and "90.0 % (sort) to 99.0 % (relu)" in note
+    assert ex.heldout_note(apart, {"relu": ["fits", "fails"], "sort": ["fits"] * 3}).startswith("Fewer than two")
+
+
+def test_summary_table_carries_the_verdicts(data):
+    runs = {("square", 0): ex.train_one(data, "square", 0, steps=150),   # fits (see above)
+            ("square", 1): ex.train_one(data, "square", 1, steps=12)}    # far too short: still falling
+    table = ex.summarise(runs, line_acc=0.89)
+    row = table.iloc[0]
+    assert row.verdict == "fits at 1 of 2 seeds and is still learning at 1"
+    assert (row.fits, row["still learning"], row.fails) == (1, 1, 0)
+    assert ex.display_table(table).loc["x²", "verdict (2 seeds)"] == row.verdict
+    assert "verdict" not in ex.summarise(runs).columns   # without a line: no verdicts
+    note = ex.loss_note(runs, 0, 0.89)
+    assert note.startswith("fits: x² ")
+
+
+def test_region_notes_compare_pole_variants_with_the_fitted_ones():
+    import pandas as pd
+    table = pd.DataFrame({"variant": ["relu", "sort", "inv_inv", "tan_tan", "sgn"],
+                          "decision_regions": [2.0, 3.0, 40.0, 2.0, 5.0],
+                          "linear_regions": [100.0, 300.0, np.nan, np.nan, 30.0]})
+    fits = {"relu": ["fits"] * 2, "sort": ["fits"] * 2, "inv_inv": ["fails"] * 2, "tan_tan": ["fails"] * 2}
+    assert "do not tell the pole failures apart" in ex.decision_note(table, fits)   # tan × tan has only 2
+    table.loc[3, "decision_regions"] = 9.0
+    assert "more than any of them" in ex.decision_note(table, fits)
+    assert ex.decision_note(table, {"relu": ["plateaus"]}).startswith("No variant fits at every seed")
+    assert ex.finest_note(table) == "From the most linear regions to the fewest: sort (300), relu (100)."

@@ -18,7 +18,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch.nn import functional as F
 
-from .. import runtime
+from .. import runtime, seeds
 from .. import train as training
 from ..data import moons
 from ..models import activations as models
@@ -203,9 +203,12 @@ def run_all(data: dict, variants, seeds, steps: int = 1000, lr: float = 0.01, fr
             for v, s in tqdm(jobs, desc="runs", disable=not progress, mininterval=5)}
 
 
-def summarise(runs: dict) -> pd.DataFrame:
-    """One row per variant: the first seed's run as the original would report it, and statistics over all seeds."""
+def summarise(runs: dict, line_acc: float | None = None) -> pd.DataFrame:
+    """One row per variant: the first seed's run as the original would report it, and statistics over all seeds.
+    With ``line_acc`` (the best straight line's training accuracy, ``best_line``) each row also gets its verdict over
+    seeds (``verdict_phrase``) and the count of seeds per verdict (columns named after ``VERDICTS``)."""
     rows = []
+    per_seed = verdicts(runs, line_acc) if line_acc is not None else {}
     for v in dict.fromkeys(k[0] for k in runs):
         rs = [r for (vv, _), r in runs.items() if vv == v]
         first, spec = rs[0], models.VARIANTS[v]
@@ -225,6 +228,9 @@ def summarise(runs: dict) -> pd.DataFrame:
             "linear_regions": float(np.median(linear)) if linear else np.nan,
             "decision_regions": float(np.median([r.decision_regions for r in rs])),
         })
+        if v in per_seed:
+            rows[-1]["verdict"] = verdict_phrase(per_seed[v])
+            rows[-1].update({w: per_seed[v].count(w) for w in VERDICTS})
     return pd.DataFrame(rows)
 
 
@@ -236,12 +242,14 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The results table as the book shows it (strings, one row per variant)."""
     first = table.first_seed.iloc[0] if len(table) else 0
     n = table.seeds.iloc[0] if len(table) else 0
+    verdict = {f"verdict ({n} seeds)": table.verdict} if "verdict" in table else {}
     return pd.DataFrame({
         "variant": table.label,
         f"train acc % (seed {first})": [_num(a, "{:.0f}") for a in table.first_train_acc],
         f"train loss (seed {first})": [_num(x, "{:.3g}") for x in table.first_train_loss],
         f"steps to 100 % (seed {first})": table.first_outcome,
         f"fit rate ({n} seeds)": [f"{f}/{s}" for f, s in zip(table.fitted, table.seeds)],
+        **verdict,
         "median steps to 100 %": [_num(x, "{:.0f}", "never") for x in table.median_steps_to_fit],
         "diverged": [f"{d}" + (f" (step {at})" if d else "") for d, at in zip(table.diverged, table.diverged_at)],
         "held-out acc %": [_num(m, "{:.1f}") + ("" if np.isnan(s) else f" ± {s:.1f}")
@@ -253,7 +261,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def glue_results(res, table: pd.DataFrame) -> None:
     """Glue each variant's numbers for the prose: <variant>_{outcome, fit_rate, fitted, median_steps, heldout,
-    train_acc, train_loss, linear_regions, decision_regions, diverged}."""
+    train_acc, train_loss, linear_regions, decision_regions, diverged}, and <variant>_verdict when the table has
+    verdicts (``summarise`` with ``line_acc``)."""
     for _, r in table.iterrows():
         v = r.variant
         res.glue(f"{v}_outcome", r.first_outcome)
@@ -266,6 +275,8 @@ def glue_results(res, table: pd.DataFrame) -> None:
         res.glue(f"{v}_linear_regions", _num(r.linear_regions))
         res.glue(f"{v}_decision_regions", _num(r.decision_regions))
         res.glue(f"{v}_diverged", int(r.diverged))
+        if "verdict" in r:
+            res.glue(f"{v}_verdict", r.verdict)
 
 
 def glue_groups(res, table: pd.DataFrame) -> None:
@@ -357,6 +368,272 @@ def pole_stats(runs: dict, data: dict, seed: int, eps: float = 0.05) -> dict:
             row[f"near_pole_{when}"] = float((dist(h) < eps).any(1).float().mean())
             row[f"max_pre_{when}"] = float(h.abs().max())
         out[v] = row
+    return out
+
+
+# ---------------------------------------------------------------- verdicts: the words the prose glues
+# A run's verdict comes from its final state and the tail of its loss curve (the last TAIL of the steps, at least
+# TAIL_MIN steps, plus the final loss), checked in this order:
+#   "fails"          the guard stopped it (NaN/inf loss);
+#   "fits"           it ends at 100 % training accuracy;
+#   "still learning" the loss is still going down steadily: on at least STEADY_SHARE of the tail's steps, by at
+#                    least STEADY_DROP (relative) over the tail, and without a jump (a one-step rise of more than
+#                    JUMP, relative) in the second half of the run: more steps could change the verdict;
+#   "fails"          it ends no better than the best straight line on the training points (``best_line``): the
+#                    network has not used its nonlinearity, which is what this chapter asks about;
+#   "plateaus"       above the line, short of 100 %, and the loss has stopped moving: its tail stays within a
+#                    factor 1 + FLAT_TOL (largest / smallest);
+#   "unstable"       above the line, short of 100 %, and the loss still jumps about (neither steady nor flat).
+# The thresholds are loose on purpose: 1 % over a tenth of the run separates "still falling" from the float noise
+# of a converged loss (a run stuck short of 100 % moves less than 0.5 % over its last 100 of 1000 steps); three
+# steps down in four lets a falling loss have a small bump (exp × exp early on does); 5 % separates a converged
+# plateau from the jumps of 1/x and tan (tens of per cent); and the
+# no-jump condition keeps a pole variant's calm stretch between two pole crossings from passing for learning
+# (the runs that fit have no such jump at all in their second half).
+TAIL, TAIL_MIN = 0.1, 10
+STEADY_SHARE, STEADY_DROP, JUMP = 0.75, 0.01, 0.1
+FLAT_TOL = 0.05
+VERDICTS = ("fits", "plateaus", "still learning", "unstable", "fails")  # the order the prose lists them in
+
+
+def best_line(X, y, X_test=None, y_test=None) -> dict:
+    """The best any straight line does on the training points: training accuracy (exact: an optimal line can be
+    moved until it passes through two training points, so every such line is tried; points on it count as right,
+    which makes this an upper bound) and, when held-out points are given, that line's held-out accuracy."""
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+    i, j = np.triu_indices(len(X), 1)
+    d, rel = X[j] - X[i], X[None, :, :] - X[i][:, None, :]
+    side = np.sign(d[:, None, 0] * rel[:, :, 1] - d[:, None, 1] * rel[:, :, 0])  # (lines, points)
+    on = (side == 0).sum(1)
+    up = ((side > 0) & (y == 1)).sum(1) + ((side < 0) & (y == 0)).sum(1)
+    down = ((side < 0) & (y == 1)).sum(1) + ((side > 0) & (y == 0)).sum(1)
+    right = np.maximum(up, down) + on
+    k = int(np.argmax(right))
+    out = {"train_acc": float(right[k] / len(X))}
+    if X_test is not None:
+        rel_t = np.asarray(X_test, dtype=np.float64) - X[i[k]]
+        s = np.sign(d[k, 0] * rel_t[:, 1] - d[k, 1] * rel_t[:, 0])
+        pred = (s > 0) if up[k] >= down[k] else (s < 0)
+        out["heldout_acc"] = float(np.mean(pred.astype(int) == np.asarray(y_test)))
+    return out
+
+
+def verdict(loss, train_acc: float, diverged: bool, line_acc: float) -> str:
+    """One run's verdict (see the rules above): ``loss`` is the loss at every step followed by the final loss."""
+    if diverged:
+        return "fails"
+    if train_acc >= 1.0:
+        return "fits"
+    loss = np.asarray(loss, dtype=np.float64)
+    n = max(TAIL_MIN, int(np.ceil(TAIL * (len(loss) - 1))))
+    tail = loss[-(n + 1):]
+    half = loss[len(loss) // 2:]
+    if len(tail) > 1 and np.isfinite(half).all():
+        steady = np.mean(np.diff(tail) < 0) >= STEADY_SHARE and tail[-1] <= (1 - STEADY_DROP) * tail[0]
+        if steady and not (half[1:] > (1 + JUMP) * half[:-1]).any():
+            return "still learning"
+    if train_acc <= line_acc:
+        return "fails"
+    if np.isfinite(tail).all() and tail.min() > 0 and tail.max() <= (1 + FLAT_TOL) * tail.min():
+        return "plateaus"
+    return "unstable"
+
+
+def run_verdict(r: MoonsRun, line_acc: float) -> str:
+    loss = np.append(r.history.df.train_loss.to_numpy(dtype=np.float64), r.train_loss)
+    return verdict(loss, r.train_acc, r.diverged, line_acc)
+
+
+def verdict_phrase(verdicts) -> str:
+    """Over seeds: 'fits at every seed', or counts such as 'fits at 4 of 5 seeds and fails at 1'."""
+    verdicts = list(verdicts)
+    if not verdicts:
+        return "was not run"
+    n = len(verdicts)
+    counts = [(v, verdicts.count(v)) for v in VERDICTS if v in verdicts]
+    word = {"still learning": "is still learning", "unstable": "is unstable"}
+    if len(counts) == 1:
+        v = counts[0][0]
+        return f"{word.get(v, v)} at every seed" if n > 1 else f"{word.get(v, v)} (one seed)"
+    parts = [f"{word.get(v, v)} at {c}" + (f" of {n} seeds" if i == 0 else "") for i, (v, c) in enumerate(counts)]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def verdicts(runs: dict, line_acc: float) -> dict:
+    """{variant: [verdict per seed]} in the order of the runs."""
+    out: dict = {}
+    for (v, _), r in runs.items():
+        out.setdefault(v, []).append(run_verdict(r, line_acc))
+    return out
+
+
+def agreement(expected: str, seed_verdicts) -> str:
+    """Does our run bear out the original's verdict ("fit" or "fail") for one variant? "every seed" when every seed
+    gives it, "some seeds" when some do, "no seed" when none does while at least one seed is decided, "undecided"
+    when every seed is still learning."""
+    want = "fits" if expected == "fit" else "fails"
+    decided = [v for v in seed_verdicts if v != "still learning"]
+    if not decided:
+        return "undecided"
+    hits = sum(v == want for v in seed_verdicts)
+    return "every seed" if hits == len(seed_verdicts) else "some seeds" if hits else "no seed"
+
+
+def _labels(names) -> str:
+    return ", ".join(models.VARIANTS[v].label for v in names)
+
+
+def agreement_note(seed_verdicts: dict) -> str:
+    """One sentence: for how many variants the original's fit/fail verdict holds at every seed, and where not."""
+    groups: dict = {}
+    for v, vs in seed_verdicts.items():
+        groups.setdefault(agreement(models.VARIANTS[v].expected, vs), []).append(v)
+    n = len(seed_verdicts)
+    parts = [f"The original's verdict (fitted or failed) holds at every seed for {len(groups.get('every seed', []))} "
+             f"of the {n} variants"]
+    for key, what in (("some seeds", "it holds at some seeds only for"), ("no seed", "at no seed for"),
+                      ("undecided", "it is not yet decided (every seed still learning) for")):
+        if groups.get(key):
+            parts.append(f"{what} {_labels(groups[key])}")
+    return "; ".join(parts) + "."
+
+
+def _by_phrase(names, seed_verdicts: dict) -> str:
+    """'a, b (phrase); c (other phrase)': variants sharing a verdict phrase listed together."""
+    groups: dict = {}
+    for v in names:
+        groups.setdefault(verdict_phrase(seed_verdicts[v]), []).append(v)
+    return "; ".join(f"{_labels(vs)} ({phrase})" for phrase, vs in groups.items())
+
+
+def seeds_note(seed_verdicts: dict) -> str:
+    """Whether seeds matter for the variants the original saw fit: which of them end short of 100 % at some or all
+    seeds, and what those seeds do instead."""
+    fit = [v for v in seed_verdicts if models.VARIANTS[v].expected == "fit"]
+    mixed = [v for v in fit if 0 < seed_verdicts[v].count("fits") < len(seed_verdicts[v])]
+    none = [v for v in fit if "fits" not in seed_verdicts[v]]
+    if not fit:
+        return "No variant the original saw fit was run."
+    if not mixed and not none:
+        return "Every variant the original saw fit fits at every seed of this run."
+    out = []
+    if mixed:
+        out.append("Seeds matter: " + "; ".join(f"{models.VARIANTS[v].label} {verdict_phrase(seed_verdicts[v])}"
+                                                for v in mixed) + ".")
+    if none:
+        out.append(f"Of the variants the original saw fit, {len(none)} fit at no seed of this run: "
+                   + _by_phrase(none, seed_verdicts) + ".")
+    return " ".join(out)
+
+
+def group_names(seed_verdicts: dict, word: str) -> str:
+    """Labels of the variants whose every seed got ``word`` ("none" when there is none)."""
+    return _labels(v for v, vs in seed_verdicts.items() if vs and all(x == word for x in vs)) or "none"
+
+
+def heldout_note(runs: dict, seed_verdicts: dict) -> str:
+    """Held-out accuracy of the variants that fit at every seed: the best and the worst, and whether their gap is
+    beyond seed noise (``seeds.differ``: |difference of means| > 2 standard errors)."""
+    fitted = [v for v, vs in seed_verdicts.items() if all(x == "fits" for x in vs)]
+    if len(fitted) < 2:
+        return ("Fewer than two variants fit at every seed in this run, so held-out accuracy cannot compare fitted "
+                "variants.")
+    held = {v: [100 * r.heldout_acc for (vv, _), r in runs.items() if vv == v] for v in fitted}
+    means = {v: seeds.summary(h)["mean"] for v, h in held.items()}
+    lo, hi = min(fitted, key=means.get), max(fitted, key=means.get)
+    c = seeds.differ(held[lo], held[hi])
+    span = (f"On fresh moons the {len(fitted)} variants that fit at every seed score from {means[lo]:.1f} % "
+            f"({models.VARIANTS[lo].label}) to {means[hi]:.1f} % ({models.VARIANTS[hi].label})")
+    if not c["known"]:
+        return span + ": with one seed, whether that gap is more than seed noise cannot be decided."
+    if not c["significant"]:
+        return (span + f", a gap within seed noise (2 se = {2 * c['se']:.1f} points): 100 % on the training points "
+                "does not rank them, and neither do fresh moons.")
+    return (span + f", a gap beyond seed noise (2 se = {2 * c['se']:.1f} points): reaching 100 % on the training "
+            "points does not make their boundaries equally good.")
+
+
+def versus_line(values, line: float) -> str:
+    """'above' / 'below' the line's accuracy when the mean is more than 2 standard errors away, else 'level with'."""
+    s = seeds.summary(values)
+    if not s["n"]:
+        return "not measured against"
+    margin = 2 * s["sd"] / np.sqrt(s["n"])
+    return "above" if s["mean"] - margin > line else "below" if s["mean"] + margin < line else "level with"
+
+
+def rank_word(values: dict, key) -> str:
+    """'the largest' / 'the 3rd largest' of ``values[key]`` among the finite values."""
+    finite = sorted((x for x in values.values() if np.isfinite(x)), reverse=True)
+    if key not in values or not np.isfinite(values[key]):
+        return "not measured"
+    k = finite.index(values[key]) + 1
+    return "the largest" if k == 1 else f"the {k}{'nd' if k == 2 else 'rd' if k == 3 else 'th'} largest"
+
+
+def loss_note(runs: dict, seed: int, line_acc: float) -> str:
+    """The first seed's final training loss grouped by the run's verdict: 'fits: x² 2e-05, ...; fails: ...'."""
+    groups: dict = {}
+    for (v, s), r in runs.items():
+        if s == seed:
+            groups.setdefault(run_verdict(r, line_acc), []).append(
+                f"{models.VARIANTS[v].label} {_num(r.train_loss, '{:.2g}', 'NaN')}")
+    return "; ".join(f"{w}: {', '.join(groups[w])}" for w in VERDICTS if w in groups)
+
+
+def regions_word(n) -> str:
+    """How a variant's median count of decision regions reads: a clean boundary has 2."""
+    if n is None or not np.isfinite(n):
+        return "has no decision regions to count"
+    return f"shatters into {n:.0f} decision regions" if n > 2 else f"keeps {n:.0f} decision regions"
+
+
+def decision_note(table: pd.DataFrame, seed_verdicts: dict, poles=("inv_inv", "tan_tan")) -> str:
+    """Do decision regions tell the pole variants apart from the ones that fit at every seed (medians over seeds)?"""
+    counts = table.set_index("variant").decision_regions
+    fitted = [v for v, vs in seed_verdicts.items() if vs and all(x == "fits" for x in vs) and v in counts]
+    poles = [v for v in poles if v in counts]
+    pole_text = " and ".join(f"{models.VARIANTS[v].label} {counts[v]:.0f}" for v in poles)
+    if not poles:
+        return "No pole variant was run."
+    if not fitted:
+        return f"No variant fits at every seed in this run to compare with; the pole variants have {pole_text}."
+    top = max(fitted, key=lambda v: counts[v])
+    apart = all(counts[v] > counts[top] for v in poles)
+    return (f"The variants that fit at every seed have at most {counts[top]:.0f} decision regions "
+            f"({models.VARIANTS[top].label}); the pole variants have {pole_text} — "
+            + ("more than any of them: decision regions tell the pole failures apart." if apart else
+               "not more than every one of them: decision regions alone do not tell the pole failures apart."))
+
+
+def finest_note(table: pd.DataFrame) -> str:
+    """Which piecewise-linear variant cuts the plane into the most linear regions (median over seeds)."""
+    counts = table.set_index("variant").linear_regions.dropna()
+    counts = counts[[v for v in counts.index if v != "sgn"]]  # sgn's regions never move
+    if counts.empty:
+        return "No trainable piecewise-linear variant was run."
+    order = counts.sort_values(ascending=False)
+    names = [f"{models.VARIANTS[v].label} ({n:.0f})" for v, n in order.items()]
+    return "From the most linear regions to the fewest: " + ", ".join(names) + "."
+
+
+def poles_within(m: float) -> int:
+    """How many poles of tan (π/2 + kπ) lie in [-m, m]."""
+    if not np.isfinite(m) or m < np.pi / 2:
+        return 0
+    return 2 * int(np.floor((m - np.pi / 2) / np.pi) + 1)
+
+
+def gradient_word(max_norm: float) -> str:
+    """'no gradient' when the largest gradient norm over a run is exactly 0, else 'a gradient'."""
+    return "no gradient" if max_norm == 0 else "a gradient"
+
+
+def agreement_counts(seed_verdicts: dict) -> dict:
+    """How many variants bear out the original's verdict at every seed / some seeds / no seed / undecided."""
+    out = {"every seed": 0, "some seeds": 0, "no seed": 0, "undecided": 0}
+    for v, vs in seed_verdicts.items():
+        out[agreement(models.VARIANTS[v].expected, vs)] += 1
     return out
 
 
