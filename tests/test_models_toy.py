@@ -46,3 +46,83 @@ def test_init_is_small_normal_with_zero_bias():
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="heads, mlp, relu_mlp"):
         toy.build("transformer", 1)
+
+
+# ---------------------------------------------------------------- chapter 1 experiment helpers (toy.py)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from nbhelpers.data import playground as pg  # noqa: E402
+from nbhelpers.experiments import toy as tx  # noqa: E402
+
+
+def _small_split(name="xor", n=96):
+    return pg.make_split(name, n_train=n, n_val=n)
+
+
+def test_stacked_heads_trains_each_seed_exactly_as_train_one():
+    split = _small_split()
+    stack = tx.train_heads_stack(split, [3, 4], n_embd=8, n_head=2, epochs=3)
+    for i, seed in enumerate((3, 4)):
+        run = tx.train_one(split, "heads", seed, epochs=3, n_embd=8, n_head=2)
+        assert stack["metric"][i] == pytest.approx(run.metric, abs=1e-6)
+        xt, yt, xv, yv = tx.tensors(split)
+        with torch.no_grad():
+            full = float(torch.nn.functional.cross_entropy(run.model(xv), yv))
+            # 96 points = one batch of 64 and one of 32: the original's batch mean differs from the full mean
+            halves = [float(torch.nn.functional.cross_entropy(run.model(xv[a:b]), yv[a:b])) for a, b in ((0, 64), (64, 96))]
+        assert stack["val_loss"][i] == pytest.approx(np.mean(halves), rel=1e-4)
+        assert np.mean(halves) != pytest.approx(full, rel=1e-6)
+
+
+def test_original_sizes_have_the_parameter_counts_its_logs_printed():
+    # the original printed "number of parameters: 0.000082 M" (heads8_e16, heads4_e16) and 0.000022 M (heads2_e4)
+    counts = {d: tx.heads_params(e, h) for d, (h, e) in tx.ORIGINAL_SIZE.items()}
+    assert counts["spiral"] == counts["xor"] == counts["two_gaussians"] == 82 and counts["circle"] == 22
+    assert tx.heads_params(8, 4, n_out=1) == 33
+
+
+def test_logged_verdict_flips_with_the_numbers():
+    assert tx.logged_verdict([0.05, 0.06, 0.04], 0.05).startswith("consistent")
+    assert tx.logged_verdict([0.15, 0.16, 0.17], 0.05).startswith("ours higher")
+    assert tx.logged_verdict([0.01, 0.012, 0.011], 0.05).startswith("ours lower")
+    assert tx.logged_verdict([0.05], 0.05) == "cannot be judged with one seed"
+    assert tx.logged_verdict([0.05, 0.06], None) == "no logged number"
+
+
+def test_reach_word_flips_at_the_tolerance():
+    assert tx.reach_word(tx.reach([98.5, 98.7], 99.0, 1.0)).startswith("reaches")
+    assert tx.reach_word(tx.reach([97.5, 97.9], 99.0, 1.0)).startswith("falls short")
+    assert tx.reach_word(tx.reach([97.5, 97.9], 99.0, 2.0)).startswith("reaches")
+    assert tx.reach([99.5], 99.0, 1.0)["ok"]          # above the ceiling on a finite set still reaches it
+
+
+def test_ceiling_grid_keeps_valid_configs_within_the_parameter_budget():
+    grid = tx.ceiling_grid([4, 8, 32, 64], [2, 3, 8], [0.03], [1, 2])
+    assert grid and all(c.n_embd % c.n_head == 0 and c.n_head <= c.n_embd for c in grid)
+    assert all(tx.heads_params(c.n_embd, c.n_head) <= tx.MAX_PARAMS for c in grid)
+    assert not any(c.n_embd == 64 for c in grid) and not any(c.n_head == 3 for c in grid)
+    assert not any(c.n_embd == 4 and c.n_head == 8 for c in grid)
+
+
+def test_best_config_is_chosen_on_validation_and_judged_on_test():
+    study = pd.DataFrame([
+        {"dataset": "circle", "config": "a", "params": 22, "val": [97.0, 97.2], "test": [95.0, 95.2]},
+        {"dataset": "circle", "config": "b", "params": 82, "val": [96.0, 96.2], "test": [97.0, 97.2]},
+        {"dataset": "circle", "config": "c", "params": 322, "val": [99.0, 99.2], "test": [99.0, 99.2]},
+    ])
+    best = tx.best_configs(study, {"circle": 0.97}).iloc[0]
+    assert best["best config"] == "a"                 # best validation within the budget (c is over it)
+    assert not best.ok and best.verdict.startswith("falls short")   # judged on test: 95.1 vs 97.0
+    study.loc[0, "test"] = [96.5, 96.7]
+    assert tx.best_configs(study, {"circle": 0.97}).iloc[0].ok
+
+
+def test_ceiling_study_runs_on_a_tiny_grid():
+    splits = {"circle": _small_split("circle", 64), "plane": _small_split("plane", 64)}
+    configs = tx.ceiling_grid([4], [2], [0.03], [1])
+    study = tx.ceiling_study(splits, [0, 1], configs, epochs_scale=0.05, n_test=100, progress=False)
+    assert list(study.dataset) == ["circle"] and len(study.val[0]) == len(study.test[0]) == 2
+    pivot = tx.ceiling_pivot(study)
+    assert list(pivot.columns) == ["config", "params", "circle"]
