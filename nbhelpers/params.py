@@ -33,15 +33,16 @@ def _bad(name, value, allowed):
 
 
 class Choice(Spec):
-    """One of fixed values; with many=True also a list of them (a single value becomes a one-element list)."""
+    """One of fixed values; with many=True also a list of them (a single value becomes a one-element list; an
+    empty list only with empty=True, for optional rows a notebook can skip)."""
 
-    def __init__(self, *values, many: bool = False):
-        self.values, self.many = values, many
+    def __init__(self, *values, many: bool = False, empty: bool = False):
+        self.values, self.many, self.empty = values, many, empty
         self.kind = "list or str" if many else type(values[0]).__name__
 
     def __call__(self, name, value):
         items = value if self.many and isinstance(value, (list, tuple)) else [value]
-        if self.many and not items:
+        if self.many and not items and not self.empty:
             raise _bad(name, value, self.describe())
         for item in items:
             if item not in self.values:
@@ -52,7 +53,7 @@ class Choice(Spec):
 
     def describe(self):
         vals = ", ".join(repr(v) for v in self.values)
-        return f"one of {vals}" + (" or a list of them" if self.many else "")
+        return f"one of {vals}" + (" or a list of them" if self.many else "") + (" (or [])" if self.empty else "")
 
 
 @dataclass

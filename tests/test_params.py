@@ -19,7 +19,7 @@ def test_valid_values_pass_and_are_cleaned():
 @pytest.mark.parametrize("value, spec, fragment", [
     ("nope", params.Choice("plane", "spiral"), "'plane', 'spiral'"),
     (["spiral", "nope"], params.Choice("spiral", "xor", many=True), "'spiral', 'xor'"),
-    ([], params.Choice("spiral", many=True), "one of"),
+    ([], params.Choice("spiral", many=True), "one of"),  # empty only where a notebook allows it (empty=True)
     ("3", params.Int(1, 5), "integer in [1, 5]"),
     (True, params.Int(0, 5), "integer"),
     (9, params.Int(1, 5), "integer in [1, 5]"),
@@ -50,3 +50,9 @@ def test_common_parameters():
     assert out["seed"] == 3
     with pytest.raises(ValueError, match="device"):
         params.check(ns(profile="quick", seed=3, device="tpu"), **params.common())
+
+
+def test_an_empty_list_only_where_the_notebook_allows_it():
+    assert params.Choice("a", "b", many=True, empty=True)("rows", []) == []
+    with pytest.raises(ValueError, match="or a list of them"):
+        params.Choice("a", "b", many=True)("rows", [])

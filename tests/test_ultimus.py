@@ -243,3 +243,13 @@ def test_train_runs_and_records_curves():
         row = E.ablation(name, 0.02, 512, 0.1)
         assert row.recipe.max_lr == pytest.approx(0.002) and row.variant in U.VARIANTS and row.label
         assert row.key == name and row.on_diverge == "stop"
+
+
+def test_a_guarded_row_reuses_its_twin_only_when_the_twin_never_crossed():
+    data = _data()
+    calm = E.run_rows(data, E.faithful_rows(1e-3, 16), [0], 1, "cpu", diverge_factor=20)
+    assert calm["guarded"][0].history is calm["faithful"][0].history  # the same run, relabelled
+    assert calm["guarded"][0].label != calm["faithful"][0].label
+    wild = E.run_rows(data, E.faithful_rows(0.3, 16), [0], 1, "cpu", diverge_factor=1.5)
+    assert wild["guarded"][0].history is not wild["faithful"][0].history
+    assert wild["guarded"][0].history.stopped_at is not None

@@ -223,11 +223,23 @@ class Row:
 
 def run_rows(data: images.ImageData, rows: list[Row], seed_list, epochs: int, device, diverge_factor: float,
              fast="auto") -> dict[str, list[UltimusRun]]:
-    """Every row for every seed: {row key: [runs]}."""
-    return {r.key: [train(data, r.variant, r.recipe, epochs, device, seed=sd, label=r.label, fast=fast,
-                          diverge_factor=diverge_factor, on_diverge=r.on_diverge, **dict(r.model_kw))
-                  for sd in seed_list]
-            for r in rows}
+    """Every row for every seed: {row key: [runs]}. A guarded row ("stop") whose unguarded twin (same variant,
+    recipe, model and seed, "report") never crossed the threshold is that same run, so it is reused, not retrained
+    (training is deterministic for a seed); it is retrained only where the guard would have stopped it."""
+    groups: dict[str, list[UltimusRun]] = {}
+    for r in rows:
+        twin = next((groups[t.key] for t in rows if t.key in groups and t.on_diverge == "report"
+                     and r.on_diverge == "stop" and (t.variant, t.recipe, t.model_kw) ==
+                     (r.variant, r.recipe, r.model_kw)), None)
+        runs = []
+        for i, sd in enumerate(seed_list):
+            if twin is not None and twin[i].history.diverged_at is None:
+                runs.append(replace(twin[i], label=r.label))
+            else:
+                runs.append(train(data, r.variant, r.recipe, epochs, device, seed=sd, label=r.label, fast=fast,
+                                  diverge_factor=diverge_factor, on_diverge=r.on_diverge, **dict(r.model_kw)))
+        groups[r.key] = runs
+    return groups
 
 
 def faithful_rows(peak: float, batch_size: int) -> list[Row]:
@@ -460,7 +472,7 @@ def diagnosis_text(groups: dict[str, list[UltimusRun]]) -> str:
     """One sentence per ablation, computed over seeds: the lower peak against the faithful row, every model
     ablation against the lower-peak row (its baseline, when it ran)."""
     parts = []
-    faithful = groups.get("guarded") or groups.get("faithful")
+    faithful = groups.get("faithful") or groups.get("guarded")  # trained through: every seed has a final number
     low = groups.get("low_lr")
     for name in ABLATIONS:
         if name not in groups:
