@@ -106,7 +106,7 @@ counts = E.param_table("small")
 for (model, dataset), n in counts.stack().items():
     res.glue(f"params_{model.split(',')[0].replace(' ', '_')}{'_printed' if 'printed' in model else ''}_{dataset}", int(n))
 res.glue("tokens_bug", V.num_tokens(V.build("vit", (28, 28, 1), 10), (28, 28, 1)))
-counts
+counts.style.format("{:,}")
 """),
 ("md", r"""
 The small ViT has {glue:text}`params_vit_mnist:,d` parameters on MNIST and the CNN
@@ -120,7 +120,7 @@ The original's published numbers (max test accuracy %), as facts; below, each si
 same model size, data and epochs:
 """),
 ("code", r"""
-E.original_tables()
+E.styled(E.original_tables())
 """),
 ("md", r"""
 ## Table 1 at its own size: the small models, 1 epoch

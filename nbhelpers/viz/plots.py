@@ -123,6 +123,24 @@ def attention_maps(att, extent, labels=None, title: str = ""):
     return fig
 
 
-def table_style(df: pd.DataFrame):
-    """A readable pandas Styler for result tables (no index clutter, NaN shown as an em dash)."""
-    return df.style.hide(axis="index").format(na_rep="—", precision=3)
+def table_style(df: pd.DataFrame, fold_constant: bool = True, keep=()):
+    """A readable pandas Styler for result tables, narrow enough for the book's text column: no index, NaN as an
+    em dash, numbers and 'mean ± sd' cells never wrapped, and (``fold_constant``) a setting column whose value is
+    the same on every row moved into the caption ("all rows: epochs 1 · seeds 2"), where it is said once. The
+    first column, result columns (a '%' in the name) and ``keep`` always stay."""
+    stay = {df.columns[0], *keep} if len(df.columns) else set(keep)
+    constant = [c for c in df.columns if fold_constant and len(df) > 1 and c not in stay and "%" not in str(c)
+                and df[c].astype(str).nunique() == 1]
+    shown = df.drop(columns=constant)
+    sty = shown.style.hide(axis="index").format(na_rep="—", precision=3)
+    if constant:
+        sty = sty.set_caption("all rows: " + " · ".join(f"{c} {_cell(df[c].iloc[0])}" for c in constant))
+    numeric = [c for c in shown.columns
+               if pd.api.types.is_numeric_dtype(shown[c]) or shown[c].astype(str).str.contains("±").any()]
+    return sty.set_properties(subset=numeric, **{"white-space": "nowrap"}) if numeric else sty
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.0f}" if v.is_integer() else f"{v:.3g}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
