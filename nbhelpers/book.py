@@ -8,11 +8,18 @@ Sources in ``notebooks/`` are never written to. Executed copies go to a staging 
 mirrors the repository (``notebooks/NN_name.ipynb``), each with its ``NN_name.metrics.json`` beside it; the HTML
 goes to ``<out>/html``. Every write is atomic (temporary file/folder, then rename), so an interrupted run leaves
 the previous executed copies and the previous HTML in place.
+
+Every input (profile files, ``-p`` values, ``--only`` names, ``_toc.yml``) is checked before anything runs; a problem
+is one line ``error: <file>:<line>: ...`` and exit code 2. One runner at a time per output folder: ``<out>/.runner.lock``
+(an exclusive ``flock`` plus JSON naming the holder's pid and start time); a second runner refuses with exit code 2,
+and a lock file left by a killed run is stale (the kernel released its flock) and is taken over.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import datetime
+import fcntl
 import json
 import os
 import shutil
@@ -28,6 +35,8 @@ import yaml
 
 PROFILES = ("smoke", "quick", "full")
 METRICS_SUFFIX = ".metrics.json"
+LOCK_NAME = ".runner.lock"
+GENERATED_PAGES = ("book/results", "book/parameters")  # written into the staging tree by the runner
 
 
 class RunnerError(Exception):
@@ -60,16 +69,115 @@ def parse_value(text: str):
         return text
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def check_overrides(pairs) -> dict:
+    """The -p NAME VALUE pairs as a dict; a repeated or malformed name, or a value papermill cannot pass as
+    written (a YAML date or timestamp, say), is a RunnerError naming the argument."""
+    out = {}
+    for i, (name, text) in enumerate(pairs, 1):
+        where = f"-p {name} {text} (override {i})"
+        if not name.isidentifier():
+            raise RunnerError(f"{where}: {name!r} is not a parameter name")
+        if name in out:
+            raise RunnerError(f"{where}: {name} is given twice")
+        value = parse_value(text)
+
+        def plain(v):
+            return isinstance(v, _PLAIN) or (isinstance(v, list) and all(map(plain, v))) or (
+                isinstance(v, dict) and all(isinstance(k, str) and plain(x) for k, x in v.items()))
+
+        if not plain(value):
+            raise RunnerError(f"{where}: YAML reads this as a {type(value).__name__}; quote it to pass a string")
+        out[name] = value
+    return out
+
+
+def read_yaml(path: Path):
+    """(data, node) of a YAML file; a missing, unreadable or malformed file is a RunnerError naming file and line."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunnerError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        place = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+        raise RunnerError(f"{path}{place}: not valid YAML: {' '.join(what.split())}") from None
+    return data, node
+
+
+def _line(node, *keys) -> int:
+    """1-based line of the entry at ``keys`` in a composed YAML mapping (the key's line; the nearest enclosing
+    entry found when a key is absent)."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for k, v in node.value:
+            if k.value == str(key):
+                node, line = v, k.start_mark.line + 1
+                break
+        else:
+            break
+    return line
+
+
 def load_profile(root: Path, profile: str) -> dict:
     if profile not in PROFILES:
         raise RunnerError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     if profile == "full":  # the notebooks' own defaults are the full experiment
         return {}
     path = root / "book" / "profiles" / f"{profile}.yml"
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
-        raise RunnerError(f"{path}: expected a mapping of notebook stem -> parameter mapping")
+    data, node = read_yaml(path)
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise RunnerError(f"{path}:{_line(node)}: expected a mapping of notebook stem -> parameter mapping, "
+                          f"got a {type(data).__name__}")
+    for stem, params in data.items():
+        if not isinstance(stem, str):
+            raise RunnerError(f"{path}:{_line(node, stem)}: {stem!r} is not a notebook stem")
+        if params is not None and not isinstance(params, dict):
+            raise RunnerError(f"{path}:{_line(node, stem)}: {stem}: expected a mapping of parameter -> value, "
+                              f"got a {type(params).__name__}")
+        for name in params or {}:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise RunnerError(f"{path}:{_line(node, stem, name)}: {stem}: {name!r} is not a parameter name")
     return {k: v or {} for k, v in data.items()}
+
+
+def profile_line(root: Path, profile: str, *keys) -> str:
+    """'<file>:<line>' of an entry of a profile that load_profile already read successfully."""
+    path = root / "book" / "profiles" / f"{profile}.yml"
+    return f"{path}:{_line(read_yaml(path)[1], *keys)}"
+
+
+def load_toc(root: Path) -> dict:
+    """The repository's _toc.yml, checked: jb-book parts of chapters, every file present (generated pages aside)."""
+    path = root / "_toc.yml"
+    toc, node = read_yaml(path)
+    if not isinstance(toc, dict) or not isinstance(toc.get("parts"), list) or not toc.get("root"):
+        raise RunnerError(f"{path}:{_line(node)}: expected a mapping with 'root' and a list of 'parts'")
+    parts = node.value[[k.value for k, _ in node.value].index("parts")][1]
+    for i, part in enumerate(toc["parts"]):
+        pnode = parts.value[i]
+        if not isinstance(part, dict) or not isinstance(part.get("chapters"), list):
+            raise RunnerError(f"{path}:{pnode.start_mark.line + 1}: each part needs a list of 'chapters'")
+        cnodes = dict((k.value, v) for k, v in pnode.value)["chapters"].value
+        for ch, cnode in zip(part["chapters"], cnodes):
+            line = cnode.start_mark.line + 1
+            if not isinstance(ch, dict) or not isinstance(ch.get("file"), str):
+                raise RunnerError(f"{path}:{line}: each chapter needs a 'file'")
+            f = ch["file"]
+            if f not in GENERATED_PAGES and not any((root / f"{f}{ext}").exists() for ext in ("", ".md", ".ipynb")):
+                raise RunnerError(f"{path}:{line}: {f} does not exist (no {f}.md or {f}.ipynb)")
+    if toc["root"] not in GENERATED_PAGES and not any((root / f"{toc['root']}{e}").exists() for e in (".md", ".ipynb")):
+        raise RunnerError(f"{path}:{_line(node, 'root')}: root page {toc['root']} does not exist")
+    return toc
 
 
 def declared_parameters(notebook: Path) -> dict:
@@ -84,13 +192,14 @@ def plan(root: Path, profile: str, only=(), overrides: dict | None = None) -> li
     prof = load_profile(root, profile)
     stray = sorted(set(prof) - set(sources))
     if stray:
-        raise RunnerError(f"profile {profile!r} names unknown notebook(s) {', '.join(stray)}; "
-                          f"notebooks are: {', '.join(sources)}")
+        raise RunnerError(f"{profile_line(root, profile, stray[0])}: profile {profile!r} names unknown notebook(s) "
+                          f"{', '.join(stray)}; notebooks are: {', '.join(sources)}")
     chosen = []
     for key in only:
         match = [s for s in sources if s == key or s.split("_")[0] == key.zfill(2)]
         if not match:
-            raise RunnerError(f"no chapter {key!r}; chapters are: {', '.join(sources)}")
+            raise RunnerError(f"--only {key}: no chapter {key!r} in {root / 'notebooks'}; "
+                              f"chapters are: {', '.join(sources)}")
         chosen += [m for m in match if m not in chosen]
     chapters = []
     for stem in chosen or list(sources):
@@ -98,7 +207,9 @@ def plan(root: Path, profile: str, only=(), overrides: dict | None = None) -> li
         declared = declared_parameters(sources[stem])
         unknown = sorted(set(params) - set(declared))
         if unknown:
-            where = f"profile {profile!r}" if set(unknown) & set(prof.get(stem, {})) else "the command line"
+            in_profile = [u for u in unknown if u in prof.get(stem, {})]
+            where = (f"profile {profile!r}, {profile_line(root, profile, stem, in_profile[0])}" if in_profile
+                     else "the command line")
             raise RunnerError(f"{stem}: unknown parameter(s) {', '.join(unknown)} (from {where}); "
                               f"valid parameters: {', '.join(declared)}")
         if "profile" in declared:
@@ -121,6 +232,86 @@ def _swap_in(new: Path, dst: Path) -> None:
         os.replace(dst, old)
     os.replace(new, dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+class OutputLocked(RunnerError):
+    """Another runner holds the output folder."""
+
+
+class OutputLock:
+    """One runner per output folder: an exclusive, non-blocking ``flock`` on ``<out>/.runner.lock``, which holds
+    JSON {pid, started, argv} naming the holder. The kernel drops the flock when its process dies, however it
+    dies, so a lock file left by a killed run is stale by construction: the next runner takes it over (and says
+    so). The file is removed on release."""
+
+    def __init__(self, out: Path, log=None):
+        self.path = Path(out) / LOCK_NAME
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.fd = None
+
+    def holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _alive(pid) -> bool:
+        try:
+            os.kill(int(pid), 0)
+        except (ProcessLookupError, ValueError, TypeError):
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def acquire(self) -> "OutputLock":
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                h = self.holder()
+                raise OutputLocked(
+                    f"{self.path.parent} is in use by another runner: pid {h.get('pid', '?')}, started "
+                    f"{h.get('started', '?')} (arguments: {' '.join(h.get('args', [])) or 'unknown'}); lock file "
+                    f"{self.path}. Wait for it to finish or choose another --out.") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous holder removed the file between our open and our flock: try again
+                os.close(fd)
+                continue
+            stale = self.holder()
+            if stale.get("pid"):
+                state = "is no longer running" if not self._alive(stale["pid"]) else "no longer holds it"
+                self.log(f"note: taking over the stale lock {self.path} left by pid {stale['pid']} (started "
+                         f"{stale.get('started', '?')}), which {state}")
+            info = {"pid": os.getpid(), "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                    "args": sys.argv[1:]}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+            self.fd = fd
+            return self
+        raise OutputLocked(f"could not take the lock {self.path} (it keeps being replaced)")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still holding it: nobody can take the old inode meanwhile
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def clean_leftovers(out: Path) -> None:
@@ -206,7 +397,7 @@ def results_page(root: Path, stage: Path) -> str:
 
 def write_toc(root: Path, stage: Path) -> None:
     """The staged _toc.yml: the repository's, minus chapters that have no executed copy yet."""
-    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    toc = load_toc(root)
     present = {f"notebooks/{p.stem}" for p in (stage / "notebooks").glob("*.ipynb")}
     for part in toc.get("parts", []):
         part["chapters"] = [c for c in part["chapters"]
@@ -309,14 +500,31 @@ def main(argv=None) -> int:
 
     try:
         root = find_root()
-        overrides = {k: parse_value(v) for k, v in args.parameter}
+        overrides = check_overrides(args.parameter)
+        for name in ("smoke", "quick"):  # the parameter reference reads both, whichever profile runs
+            load_profile(root, name)
+        load_toc(root)
+        read_yaml(root / "book" / "headlines.yml")  # the results page reads it after the chapters ran
         chapters = [] if args.build_only else plan(root, args.profile, args.only, overrides)
     except RunnerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = (root / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(out).acquire()
+    except (RunnerError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _run(root, out, args, chapters)
+    finally:
+        lock.release()
+
+
+def _run(root: Path, out: Path, args, chapters: list[Chapter]) -> int:
+    """Everything after the checks, while holding the output folder's lock."""
     stage = out / "book"
-    out.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a killed run cleans up like Ctrl-C
     clean_leftovers(out)
     stage_sources(root, stage)

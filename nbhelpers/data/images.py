@@ -5,11 +5,30 @@ uint8 N×H×W×C, int64 labels) is read first; otherwise torchvision loads the d
 the root (``download=True`` fetches it online and finds existing files offline) and the cache is written.
 Nothing is ever substituted: a dataset that cannot be found is a ``DataUnavailable`` error saying where we
 looked and how to provide it.
+
+Integrity (every read is verified before use; a failure is one ``DataCorrupt`` naming the file, what is wrong and
+the fix — nothing is trained on it):
+
+- torchvision's files under the root (``MNIST/raw/*.gz``, ``cifar-10-batches-py/*``, the ``.tar.gz`` archives) by
+  the md5s torchvision publishes in its dataset classes (``resources``, ``train_list``/``test_list``/``meta``,
+  ``tgz_md5``), checked with ``torchvision.datasets.utils.check_integrity`` before torchvision reads them; MNIST's
+  unpacked ``*-ubyte`` files must equal their verified archive.
+- array caches: read completely (a truncated or half-written file fails here, and zip's CRC catches flipped bytes),
+  shapes/dtypes/labels checked, and the sha256 of the file compared with ``<name>.npz.sha256`` written beside it
+  by ``save_cache`` (``sha256sum -c`` format). A cache without that file (written by older code) is read and
+  checked as above, then its checksum is recorded (when the folder is writable).
+- MNIST and CIFAR-10, which the book documents, must also have the canonical content: ``CANONICAL_SHA256`` is the
+  sha256 of the arrays (see ``content_sha256``: independent of how the .npz was zipped), checked for a cache and
+  for what torchvision decoded before it is cached. CIFAR-100 has no recorded canonical content (it is not
+  available in this workplace); its cache is checked by its recorded checksum only.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +47,25 @@ STATS = {
 }
 MNIST_STATS = STATS["mnist"]  # what the chapter-3 original used for every dataset
 _TORCHVISION = {"mnist": "MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# content_sha256 of the canonical datasets (torchvision's order; uint8 N×H×W×C, int64 labels, class names):
+# MNIST decoded by torchvision from its md5-verified files; CIFAR-10 from the documented cache of the shared data
+# folder (lossless, original order; ../shared/data/README.md).
+CANONICAL_SHA256 = {
+    "mnist": "5278f0cb4b82dcdcc9e1b8ba7dde33b32018713aad94e584ca025440742376fc",
+    "cifar10": "769723d0ee5f91f2394b6b910f7408ea1130f6d1492dfbdfaee3efbfc041ecca",
+}
 
 
 class DataUnavailable(FileNotFoundError):
     """The dataset is not on disk and could not be downloaded."""
+
+
+class DataCorrupt(RuntimeError):
+    """A dataset file is on disk but is not the dataset: truncated, unreadable, or its checksum does not match.
+
+    Deliberately not a ``DataUnavailable``: code that skips a missing dataset must not skip a damaged one
+    silently. The message names the file, what is wrong with it, and the fix."""
 
 
 @dataclass
@@ -67,34 +101,180 @@ def cache_path(name: str, root: Path | None = None) -> Path:
     return Path(root or data_root()) / f"{name}.npz"
 
 
-def save_cache(data: ImageData, root: Path | None = None) -> Path:
-    """Write the array cache atomically (lossless; uint8 images, int64 labels)."""
-    path = cache_path(data.name, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+def checksum_path(path: Path) -> Path:
+    """Where the sha256 of an array cache is recorded: ``<name>.npz.sha256`` (``sha256sum -c`` format)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_sha256(data: ImageData) -> str:
+    """sha256 of the arrays themselves (keys, dtypes, shapes, bytes, class names): the same however the .npz
+    holding them was written (np.savez stamps the time into the zip, so the file's own hash is not canonical)."""
+    h = hashlib.sha256()
+    for key in _KEYS:
+        a = np.ascontiguousarray(getattr(data, key))
+        h.update(f"{key} {a.dtype.str} {a.shape}\n".encode())
+        h.update(memoryview(a).cast("B"))
+    h.update("\n".join(data.classes).encode())
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
     os.close(fd)
     try:
-        np.savez(tmp, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test,
-                 classes=np.array(data.classes))
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _record_checksum(path: Path, digest: str | None = None) -> None:
+    digest = digest or file_sha256(path)
+    _write_atomic(checksum_path(path), lambda tmp: Path(tmp).write_text(f"{digest}  {path.name}\n"))
+
+
+def save_cache(data: ImageData, root: Path | None = None) -> Path:
+    """Write the array cache atomically (lossless; uint8 images, int64 labels) and its sha256 beside it.
+
+    The old checksum file goes first, so a crash at any point leaves either no checksum (recorded on the next
+    load) or the right one, never a false mismatch."""
+    known = CANONICAL_SHA256.get(data.name)
+    if known and content_sha256(data) != known:
+        raise DataCorrupt(f"refusing to write the {TITLES.get(data.name, data.name)} cache: these arrays are not "
+                          f"the canonical dataset (content sha256 {content_sha256(data)[:16]}…, canonical "
+                          f"{known[:16]}…)")
+    path = cache_path(data.name, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test,
+                 classes=np.array(data.classes))
+        digest = file_sha256(Path(tmp))
+        checksum_path(path).unlink(missing_ok=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _record_checksum(path, digest)
     return path
 
 
+def _cache_fix(name: str, path: Path) -> str:
+    files = f"{path} and {checksum_path(path).name}" if checksum_path(path).exists() else str(path)
+    real = (f", or copy the real {path.name} (content sha256 {CANONICAL_SHA256[name][:16]}…) from a data folder "
+            f"that has it (in this repository's CI: ../shared/data)") if name in CANONICAL_SHA256 else ""
+    return (f"Fix: delete {files} and run again: the cache is re-created from torchvision's "
+            f"{_TORCHVISION[name]} files under {path.parent} (downloaded when online){real}.")
+
+
 def _from_cache(name: str, path: Path) -> ImageData:
-    with np.load(path, allow_pickle=False) as z:
-        missing = {"x_train", "y_train", "x_test", "y_test", "classes"} - set(z.files)
-        if missing:
-            raise ValueError(f"{path}: array cache lacks {sorted(missing)}")
-        x_train, x_test = z["x_train"], z["x_test"]
-        if x_train.ndim == 3:  # allow N×H×W for one-channel sets
-            x_train, x_test = x_train[..., None], x_test[..., None]
-        if x_train.dtype != np.uint8:
-            raise ValueError(f"{path}: images must be uint8, got {x_train.dtype}")
-        return ImageData(name, x_train, z["y_train"].astype(np.int64), x_test, z["y_test"].astype(np.int64),
-                         [str(c) for c in z["classes"]])
+    """Read and verify an array cache; any problem is one DataCorrupt naming the file and the fix."""
+    def damaged(what: str) -> DataCorrupt:
+        return DataCorrupt(f"array cache {path} is damaged: {what}; nothing was trained on it. {_cache_fix(name, path)}")
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = set(_KEYS) | {"classes"}
+            missing -= set(z.files)
+            if missing:
+                raise damaged(f"it lacks the array(s) {', '.join(sorted(missing))}")
+            x_train, y_train, x_test, y_test = (z[k] for k in _KEYS)  # reads everything (zip CRC checked)
+            classes = [str(c) for c in z["classes"]]
+    except DataCorrupt:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
+        raise damaged(f"it is truncated or not a readable .npz archive ({type(e).__name__}: {e})") from e
+    recorded_at = checksum_path(path)
+    recorded = None
+    if recorded_at.exists():
+        try:
+            recorded = recorded_at.read_text().split()[0].lower()
+        except (OSError, UnicodeDecodeError, IndexError):
+            recorded = "(unreadable)"
+        actual = file_sha256(path)
+        if actual != recorded:
+            raise DataCorrupt(
+                f"array cache {path} does not match the checksum recorded beside it when it was written "
+                f"({recorded_at.name}: sha256 {recorded[:16]}…, the file now: {actual[:16]}…): it was changed or "
+                f"damaged since; nothing was trained on it. {_cache_fix(name, path)}")
+    if x_train.ndim == 3:  # allow N×H×W for one-channel sets
+        x_train, x_test = x_train[..., None], x_test[..., None]
+    problems = []
+    if x_train.dtype != np.uint8 or x_test.dtype != np.uint8:
+        problems.append(f"images must be uint8, got {x_train.dtype}/{x_test.dtype}")
+    if x_train.ndim != 4 or x_test.shape[1:] != x_train.shape[1:]:
+        problems.append(f"image shapes {x_train.shape} and {x_test.shape} are not N×H×W×C with one image size")
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if y.ndim != 1 or len(y) != len(x) or (y.size and y.dtype.kind not in "iu"):
+            problems.append(f"{split} labels {y.dtype} {y.shape} do not match {len(x)} images")
+        elif y.size and (y.min() < 0 or y.max() >= len(classes)):
+            problems.append(f"{split} labels outside 0..{len(classes) - 1}")
+    if problems:
+        raise damaged("; ".join(problems))
+    data = ImageData(name, x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), classes)
+    known = CANONICAL_SHA256.get(name)
+    if known:
+        got = content_sha256(data)
+        if got != known:
+            raise DataCorrupt(
+                f"array cache {path} is not the canonical {TITLES[name]}: the sha256 of its arrays is {got[:16]}…, "
+                f"the real dataset's is {known[:16]}… (a wrong, partial or modified dataset); nothing was trained "
+                f"on it. {_cache_fix(name, path)}")
+    elif recorded is None:  # a cache written before checksums were recorded: read and checked above, record now
+        try:
+            _record_checksum(path)
+        except OSError:
+            pass  # a read-only data folder: checked on every load as above, just without the recorded checksum
+    return data
+
+
+def _check_files(name: str, root: Path) -> None:
+    """Verify torchvision's files under ``root`` by torchvision's own published md5s before torchvision reads
+    them (it checks them only when it downloads). Only files that are present are checked: absent ones are
+    torchvision's to download (verified by it) or the caller's DataUnavailable."""
+    import gzip
+
+    import torchvision
+    from torchvision.datasets.utils import check_integrity, calculate_md5
+
+    cls = getattr(torchvision.datasets, _TORCHVISION[name])
+
+    def bad(path: Path, what: str) -> DataCorrupt:
+        return DataCorrupt(
+            f"{TITLES[name]} file {path} is damaged: {what}; nothing was trained on it. Fix: delete it and run again "
+            f"with internet access (torchvision downloads it again, checked), or copy the real file into "
+            f"{path.parent}.")
+
+    if name == "mnist":
+        raw = root / cls.__name__ / "raw"
+        for filename, md5 in cls.resources:
+            gz, unpacked = raw / filename, raw / Path(filename).stem
+            if gz.exists():
+                if not check_integrity(str(gz), md5):
+                    raise bad(gz, f"md5 {calculate_md5(str(gz))}, torchvision's published md5 is {md5}")
+                if unpacked.exists():
+                    try:
+                        same = gzip.decompress(gz.read_bytes()) == unpacked.read_bytes()
+                    except OSError:
+                        same = False
+                    if not same:
+                        raise bad(unpacked, f"it differs from its verified archive {gz.name} (truncated or modified)")
+        return
+    folder = root / cls.base_folder
+    files = [(folder / f, md5) for f, md5 in [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]]
+    for path, md5 in [(root / cls.filename, cls.tgz_md5), *files]:
+        if path.exists() and not check_integrity(str(path), md5):
+            raise bad(path, f"md5 {calculate_md5(str(path))}, torchvision's published md5 is {md5}")
 
 
 def _from_torchvision(name: str, root: Path, download: bool) -> ImageData:
@@ -110,21 +290,32 @@ def _from_torchvision(name: str, root: Path, download: bool) -> ImageData:
 
 
 def load(name: str, root: str | os.PathLike | None = None, download: bool = True, cache: bool = True) -> ImageData:
-    """Load a dataset as uint8 arrays: the array cache first, then torchvision (writing the cache)."""
+    """Load a dataset as uint8 arrays: the array cache first, then torchvision (writing the cache).
+
+    Every read is verified first (module docstring): a damaged file raises ``DataCorrupt``, a missing dataset
+    ``DataUnavailable``; neither is ever replaced by something else."""
     check_dataset(name)
     root = Path(root) if root is not None else data_root()
     path = cache_path(name, root)
     if path.exists():
         return _from_cache(name, path)
+    _check_files(name, root)
     try:
         data = _from_torchvision(name, root, download)
-    except Exception as e:  # offline download, corrupt/missing files: one clear error, never a substitute
+    except Exception as e:  # offline download, missing files: one clear error, never a substitute
         raise DataUnavailable(
             f"dataset {name!r} is not available: looked for the array cache {path} and torchvision's "
             f"{_TORCHVISION[name]} files under {root} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
             f"Provide it by setting NBHELPERS_DATA to a folder that has it, or by running once with internet "
             f"access (torchvision downloads it there)."
         ) from e
+    known = CANONICAL_SHA256.get(name)
+    if known and content_sha256(data) != known:
+        raise DataCorrupt(
+            f"torchvision's {_TORCHVISION[name]} files under {root} decode to arrays that are not the canonical "
+            f"{TITLES[name]} (sha256 {content_sha256(data)[:16]}…, the real dataset's is {known[:16]}…); nothing "
+            f"was trained on them. Fix: delete them and run again with internet access (torchvision downloads them "
+            f"again, checked).")
     if cache:
         try:
             save_cache(data, root)
