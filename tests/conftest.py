@@ -22,3 +22,14 @@ def smoke_book(tmp_path_factory):
     proc = run_book("--profile", "smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc
+
+
+def synthetic_images(name="cifar100", n=40, side=8, channels=3, classes=100):
+    """A tiny random image dataset (uint8 N×H×W×C, int64 labels) for the data-pipeline tests."""
+    import numpy as np
+    from nbhelpers.data import images
+    rng = np.random.default_rng(0)
+    return images.ImageData(name, rng.integers(0, 256, (n, side, side, channels), dtype=np.uint8),
+                            np.arange(n, dtype=np.int64) % classes,
+                            rng.integers(0, 256, (n // 2, side, side, channels), dtype=np.uint8),
+                            np.arange(n // 2, dtype=np.int64) % classes, [f"c{i}" for i in range(classes)])

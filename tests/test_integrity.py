@@ -11,17 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_book
+from conftest import ROOT, run_book, synthetic_images as _synthetic
 from nbhelpers import book
 from nbhelpers.data import images
-
-
-def _synthetic(name="cifar100", n=40, side=8, channels=3, classes=100):
-    rng = np.random.default_rng(0)
-    return images.ImageData(name, rng.integers(0, 256, (n, side, side, channels), dtype=np.uint8),
-                            np.arange(n, dtype=np.int64) % classes,
-                            rng.integers(0, 256, (n // 2, side, side, channels), dtype=np.uint8),
-                            np.arange(n // 2, dtype=np.int64) % classes, [f"c{i}" for i in range(classes)])
 
 
 def _snapshot(folder):
