@@ -277,7 +277,7 @@ def table(groups: dict[str, list[UltimusRun]]) -> pd.DataFrame:
         div = sum(r.history.diverged_at is not None for r in runs)
         stopped = sum(r.history.stopped_at is not None for r in runs)
         epochs = sorted({int(r.curve.epoch.max()) if len(r.curve) else 0 for r in runs})
-        rows.append({"run": r0.label, "model": r0.variant, "params": r0.params, "recipe": r0.recipe.name,
+        rows.append({"run": r0.label, "params": r0.params, "recipe": r0.recipe.name,
                      "max_lr": r0.recipe.max_lr, "batch": r0.recipe.batch_size, "seeds": len(runs),
                      "epochs run": "/".join(map(str, epochs)),
                      "final test acc %": S.pm(finals(runs)),
