@@ -6,27 +6,39 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PY_MIN := (3, 11, 5)  # what constraints.txt's pins need; keep in step with requires-python in pyproject.toml
+# a usable venv: its python runs, is new enough and has pip (a failed `python3 -m venv`, e.g. on Debian without
+# python3-venv, leaves a .venv without pip)
+VENV_OK := $(PY) -c 'import sys, pip; sys.exit(sys.version_info < $(PY_MIN))' >/dev/null 2>&1
 
 CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: book chapter test venv browser clean help
 
 help:
-	@echo "make book [PROFILE=quick|smoke|full]   execute every chapter with papermill, build _build/html"
+	@echo "make book [PROFILE=quick|smoke|full] [P=--force]   execute the chapters whose inputs changed, build _build/html"
 	@echo "make chapter NB=01 [PROFILE=..] [P='-p name value ...']   one chapter (then rebuild the book)"
 	@echo "make test                                unit tests + smoke run of every chapter + book build"
 
 venv: $(STAMP)
 
 $(STAMP): constraints.txt pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ -e $(VENV) ] && ! $(VENV_OK); then \
+	  echo "$(VENV) is unusable (no python >= 3.11.5 with pip in it, e.g. left by a failed venv creation): recreating it"; \
+	  rm -rf $(VENV); fi
+	@if [ ! -e $(VENV) ]; then \
+	  $(PYTHON) -c 'import sys; sys.exit(sys.version_info < $(PY_MIN))' >/dev/null 2>&1 || { \
+	    echo "error: $(PYTHON) is $$($(PYTHON) -V 2>/dev/null || echo missing); the pinned packages need Python >= 3.11.5: make PYTHON=python3.12 (say)" >&2; exit 1; }; \
+	  echo "creating $(VENV) with $(PYTHON) -m venv"; \
+	  $(PYTHON) -m venv $(VENV) && $(VENV_OK) || { rm -rf $(VENV); \
+	    echo "error: '$(PYTHON) -m venv $(VENV)' failed (no venv/ensurepip module): on Debian/Ubuntu run 'apt-get install python3-venv' (as root), then make again" >&2; exit 1; }; fi
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[book,dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (attention-book)" >/dev/null
 	touch $(STAMP)
 
 book: $(STAMP)
-	$(PY) -m nbhelpers.book --profile $(PROFILE)
+	$(PY) -m nbhelpers.book --profile $(PROFILE) $(P)
 
 chapter: $(STAMP)
 	@test -n "$(NB)" || (echo "usage: make chapter NB=01 [PROFILE=quick] [P='-p name value']" && exit 2)

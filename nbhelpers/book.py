@@ -3,11 +3,21 @@
     python -m nbhelpers.book                       # every chapter, profile quick, then the HTML book
     python -m nbhelpers.book --profile smoke --only 01 -p dataset spiral
     python -m nbhelpers.book --no-build            # execute only
+    python -m nbhelpers.book --force               # execute even the chapters whose inputs did not change
 
 Sources in ``notebooks/`` are never written to. Executed copies go to a staging tree ``<out>/book/`` that
 mirrors the repository (``notebooks/NN_name.ipynb``), each with its ``NN_name.metrics.json`` beside it; the HTML
 goes to ``<out>/html``. Every write is atomic (temporary file/folder, then rename), so an interrupted run leaves
 the previous executed copies and the previous HTML in place.
+
+Incremental: a chapter is executed only when its inputs changed since its executed copy was made. ``input_key``
+hashes them: the source notebook's code cells (the ``parameters`` cell included; markdown is prose, not input), the
+resolved parameters and profile, every file of the ``nbhelpers`` package, the names, sizes and mtimes of the files
+under ``$NBHELPERS_DATA``, and the Python/torch/torchvision/numpy versions. The key is written beside the executed
+copy (``NN_name.inputs.json``) after a successful execution only, and removed before an execution starts, so a
+failed or interrupted run never leaves a key that would skip the chapter next time. A chapter whose key matches is
+``skipped (unchanged since <time>)``; its executed copy gets the source's current markdown cells (code cells and
+their outputs kept), so a prose edit reaches the book without executing anything. ``--force`` executes regardless.
 
 Every input (profile files, ``-p`` values, ``--only`` names, ``_toc.yml``) is checked before anything runs; a problem
 is one line ``error: <file>:<line>: ...`` and exit code 2. One runner at a time per output folder: ``<out>/.runner.lock``
@@ -20,6 +30,8 @@ import argparse
 import ast
 import datetime
 import fcntl
+import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -33,8 +45,14 @@ from pathlib import Path
 
 import yaml
 
+from .params import profile_dir
+
 PROFILES = ("smoke", "quick", "full")
+BOOK_ENV = "NBHELPERS_BOOK"   # set to 1 for the kernels the runner starts (viz.animate.show: GIFs are in the page)
 METRICS_SUFFIX = ".metrics.json"
+KEY_SUFFIX = ".inputs.json"  # the input_key an executed copy came from, beside it
+PACKAGE = Path(__file__).resolve().parent  # nbhelpers: every file of it is an input of every chapter
+VERSIONED = ("torch", "torchvision", "numpy")  # besides Python, the versions in the key
 LOCK_NAME = ".runner.lock"
 GENERATED_PAGES = ("book/results", "book/parameters")  # written into the staging tree by the runner
 
@@ -132,7 +150,7 @@ def load_profile(root: Path, profile: str) -> dict:
         raise RunnerError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     if profile == "full":  # the notebooks' own defaults are the full experiment
         return {}
-    path = root / "book" / "profiles" / f"{profile}.yml"
+    path = profile_dir() / f"{profile}.yml"
     data, node = read_yaml(path)
     data = {} if data is None else data
     if not isinstance(data, dict):
@@ -152,7 +170,7 @@ def load_profile(root: Path, profile: str) -> dict:
 
 def profile_line(root: Path, profile: str, *keys) -> str:
     """'<file>:<line>' of an entry of a profile that load_profile already read successfully."""
-    path = root / "book" / "profiles" / f"{profile}.yml"
+    path = profile_dir() / f"{profile}.yml"
     return f"{path}:{_line(read_yaml(path)[1], *keys)}"
 
 
@@ -317,7 +335,7 @@ class OutputLock:
 def clean_leftovers(out: Path) -> None:
     """Remove temporaries a killed run (SIGKILL, power loss) could not clean up itself."""
     for p in [*out.glob(".jb-*"), *out.glob(".html-old-*"), *out.glob("book/.book-*"),
-              *out.glob("book/notebooks/.*.running.ipynb")]:
+              *out.glob("book/notebooks/.*.running.ipynb"), *out.glob("book/notebooks/.*.part")]:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
@@ -349,7 +367,7 @@ def parameter_reference(root: Path) -> str:
     profiles = {p: load_profile(root, p) for p in ("quick", "smoke")}
     out = ["# Parameter reference", "",
            "Every chapter is a papermill-parameterised notebook. The defaults below are the **full** experiment; the "
-           "`quick` and `smoke` columns are the overrides of `book/profiles/`. Pass your own with "
+           "`quick` and `smoke` columns are the overrides of `nbhelpers/profiles/`. Pass your own with "
            "`make chapter NB=01 P=\"-p name value\"`, `python -m nbhelpers.book --only 01 -p name value` or "
            "`papermill in.ipynb out.ipynb -p name value`. Unknown names and bad values fail before any compute, "
            "with a message naming the parameter and what is allowed.", ""]
@@ -406,6 +424,16 @@ def write_toc(root: Path, stage: Path) -> None:
     (stage / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
 
 
+def pin_book_ref(nb, commit: str | None) -> None:
+    """In the executed copy (the one the book shows and offers for download), the set-up cell installs nbhelpers
+    at the commit that produced it rather than at the branch the source names."""
+    if not commit:
+        return
+    for cell in nb.cells:
+        if "colab-setup" in cell.metadata.get("tags", []):
+            cell.source = cell.source.replace('BOOK_REF = "main"', f'BOOK_REF = "{commit}"')
+
+
 def header_cell(metrics: dict, wall_s: float):
     import nbformat
 
@@ -416,8 +444,119 @@ def header_cell(metrics: dict, wall_s: float):
     return nbformat.v4.new_markdown_cell(text, metadata={"tags": ["run-header"]})
 
 
-def execute(ch: Chapter, stage: Path, log=print) -> None:
-    """Run one chapter with papermill into the staging tree; on success atomically replace its executed copy."""
+def input_key(ch: Chapter, profile: str, package: Path | None = None, data: Path | None = None) -> str:
+    """sha256 of everything an executed copy of ``ch`` depends on: the source's code cells (source and tags, in
+    order; markdown is left out), the resolved parameters and the profile name, every file of ``package``
+    (PACKAGE; bytecode caches aside), the names, sizes and mtimes of the files under ``data`` ($NBHELPERS_DATA;
+    cheap, the files are not read), and the Python and VERSIONED package versions. No path is part of it: a copy
+    of the tree (with its mtimes) has the same key."""
+    from .data import data_root
+
+    h = hashlib.sha256()
+
+    def add(*parts):
+        for part in parts:
+            h.update(f"{part}\0".encode())
+
+    for cell in json.loads(ch.source.read_text())["cells"]:
+        if cell["cell_type"] == "code":
+            src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            add("cell", len(src), src, sorted(cell.get("metadata", {}).get("tags", [])))
+    add("params", profile, json.dumps(ch.params, sort_keys=True, default=repr))
+    package = Path(package or PACKAGE)
+    for f in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        body = f.read_bytes()
+        add("package", f.relative_to(package).as_posix(), len(body))
+        h.update(body)
+    data = Path(data or data_root())
+    for top, _, files in sorted(os.walk(data)):  # a missing folder walks as empty
+        for name in sorted(files):
+            path = Path(top) / name
+            try:
+                st = path.stat()
+                add(path.relative_to(data).as_posix(), st.st_size, st.st_mtime_ns)
+            except OSError:  # a dangling link, say
+                add(path.relative_to(data).as_posix(), "unreadable")
+    add("python", sys.version)
+    for name in VERSIONED:
+        try:
+            add(name, importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            add(name, None)
+    return h.hexdigest()
+
+
+def unchanged_since(ch: Chapter, stage: Path, key: str) -> str | None:
+    """When the staged executed copy of ``ch`` was made, if it was made from inputs with this ``key`` (and it and
+    its metrics are still there); None when the chapter must be executed."""
+    nb_dir = stage / "notebooks"
+    try:
+        record = json.loads((nb_dir / f"{ch.stem}{KEY_SUFFIX}").read_text())
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(record, dict) or record.get("key") != key or not (nb_dir / ch.source.name).exists()
+            or not (nb_dir / f"{ch.stem}{METRICS_SUFFIX}").exists()):
+        return None
+    return str(record.get("executed") or "?")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        umask = os.umask(0o22)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have made
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _tags(cell) -> list:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def refresh_prose(ch: Chapter, stage: Path) -> bool:
+    """Give the staged executed copy of an unchanged chapter the source's current markdown: the source's cells in
+    order, each code cell replaced by its executed counterpart (outputs and papermill's injected parameters kept),
+    after the run header. Rewritten (atomically) only when something differs. False when the executed copy's code
+    cells do not pair up with the source's (then the chapter must be executed)."""
+    import nbformat
+
+    final = stage / "notebooks" / ch.source.name
+    try:
+        src, done = nbformat.read(ch.source, as_version=4), nbformat.read(final, as_version=4)
+    except (OSError, ValueError):
+        return False
+    head = [c for c in done.cells if "run-header" in _tags(c)]
+    groups, lead = [], []  # one group per executed source code cell, with an injected-parameters cell after it
+    for c in done.cells:
+        if c.cell_type == "code" and "injected-parameters" in _tags(c):
+            (groups[-1] if groups else lead).append(c)
+        elif c.cell_type == "code":
+            groups.append([c])
+    code = [c for c in src.cells if c.cell_type == "code"]
+    if len(groups) != len(code) or any(g[0].source != c.source for g, c in zip(groups, code)):
+        return False
+
+    def prose(cells):
+        return [(c.cell_type, c.source) for c in cells if c.cell_type != "code" and "run-header" not in _tags(c)]
+
+    if prose(src.cells) != prose(done.cells):
+        groups = iter(groups)
+        cells = head + lead
+        for c in src.cells:
+            cells += next(groups) if c.cell_type == "code" else [c]
+        done.cells = cells
+        _write_atomic(final, nbformat.writes(done))
+    return True
+
+
+def execute(ch: Chapter, stage: Path, log=print, key: str | None = None) -> None:
+    """Run one chapter with papermill into the staging tree; on success atomically replace its executed copy and
+    record ``key`` (its input_key) beside it. The previous key goes first, so only a success leaves one."""
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -426,6 +565,7 @@ def execute(ch: Chapter, stage: Path, log=print) -> None:
     final = nb_dir / ch.source.name
     metrics = nb_dir / f"{ch.stem}{METRICS_SUFFIX}"
     tmp = nb_dir / f".{ch.stem}.running.ipynb"
+    (nb_dir / f"{ch.stem}{KEY_SUFFIX}").unlink(missing_ok=True)
     if metrics.exists():
         metrics.unlink()  # a stale file must not pass for this run's output
     t0 = time.perf_counter()
@@ -449,9 +589,15 @@ def execute(ch: Chapter, stage: Path, log=print) -> None:
         tmp.unlink(missing_ok=True)
         return
     nb = nbformat.read(tmp, as_version=4)
-    nb.cells.insert(0, header_cell(json.loads(metrics.read_text()), ch.wall_s))
+    record = json.loads(metrics.read_text())
+    nb.cells.insert(0, header_cell(record, ch.wall_s))
+    pin_book_ref(nb, (record.get("code") or {}).get("git_commit"))
     nbformat.write(nb, tmp)
     os.replace(tmp, final)
+    if key:
+        executed = datetime.datetime.now().astimezone().isoformat(sep=" ", timespec="seconds")
+        _write_atomic(nb_dir / f"{ch.stem}{KEY_SUFFIX}", json.dumps(
+            {"key": key, "executed": executed, "wall_s": round(ch.wall_s, 1), "params": ch.params}, default=repr))
     ch.status = "ok"
 
 
@@ -475,7 +621,10 @@ def build_html(stage: Path, out: Path, log=print) -> Path:
 def summary(chapters: list[Chapter]) -> str:
     lines = [f"{'chapter':28s} {'status':8s} {'wall':>8s}  detail"]
     for c in chapters:
-        lines.append(f"{c.stem:28s} {c.status:8s} {c.wall_s:7.1f}s  {c.detail}")
+        if c.status == "skipped":
+            lines.append(f"{c.stem:28s} skipped {c.detail}")
+        else:
+            lines.append(f"{c.stem:28s} {c.status:8s} {c.wall_s:7.1f}s  {c.detail}")
     return "\n".join(lines)
 
 
@@ -496,6 +645,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="_build", help="output folder (default _build)")
     ap.add_argument("--no-build", action="store_true", help="execute only, skip the HTML build")
     ap.add_argument("--build-only", action="store_true", help="rebuild HTML from the staged executed copies")
+    ap.add_argument("--force", action="store_true",
+                    help="execute every selected chapter, even those whose inputs did not change since their last run")
     args = ap.parse_args(argv)
 
     try:
@@ -529,13 +680,20 @@ def _run(root: Path, out: Path, args, chapters: list[Chapter]) -> int:
     clean_leftovers(out)
     stage_sources(root, stage)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    os.environ[BOOK_ENV] = "1"
     for k, v in KERNEL_MALLOC.items():  # the kernels inherit these
         os.environ.setdefault(k, v)
 
     try:
         for ch in chapters:
+            key = input_key(ch, args.profile)
+            since = None if args.force else unchanged_since(ch, stage, key)
+            if since and refresh_prose(ch, stage):
+                ch.status, ch.detail = "skipped", f"(unchanged since {since})"
+                print(f"[{ch.stem}] skipped (unchanged since {since})", flush=True)
+                continue
             print(f"[{ch.stem}] running (profile {args.profile}) with {ch.params}", flush=True)
-            execute(ch, stage)
+            execute(ch, stage, key=key)
             print(f"[{ch.stem}] {ch.status} in {ch.wall_s:.1f}s {ch.detail}", flush=True)
     except KeyboardInterrupt:
         for ch in chapters:
@@ -543,7 +701,7 @@ def _run(root: Path, out: Path, args, chapters: list[Chapter]) -> int:
                 ch.status, ch.detail = "stopped", "interrupted; the previous executed copy and book are untouched"
         print("\n" + summary(chapters), file=sys.stderr)
         return 130
-    failed = [c for c in chapters if c.status != "ok"]
+    failed = [c for c in chapters if c.status not in ("ok", "skipped")]
     index = None
     if not failed and not args.no_build:
         write_toc(root, stage)

@@ -56,15 +56,34 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def bf16_fast(device) -> bool:
-    """Whether bfloat16 autocast is a real speed-up here: a CUDA GPU with native bf16 (Ampere or newer; a T4 only
-    emulates it), or a CPU with AMX tiles (Sapphire Rapids or newer)."""
+def amp_for(device) -> torch.dtype | None:
+    """The autocast dtype that is a real speed-up on ``device``, or None for plain fp32.
+
+    - CUDA, compute capability 8.0+ (Ampere or newer: A100, L4, H100, RTX 30xx+): bfloat16, native in the tensor
+      cores; needs no loss scaling.
+    - CUDA 7.x (Volta V100, Turing T4 — Colab's free GPU): float16 tensor cores, no native bf16 (a T4 only emulates
+      it), so float16; ``train.fit`` then scales the loss with a GradScaler.
+    - Older CUDA GPUs (no tensor cores): None.
+    - CPU with AMX tiles (Sapphire Rapids or newer): bfloat16; any other CPU: None (without AMX, reduced-precision
+      matrix products gain little or are slower than fp32).
+    - MPS (Apple GPUs): None. torch gained MPS autocast only in 2.5 (float16; bfloat16 later, macOS 14+) and
+      GradScaler support for MPS after that, its AMP reference documents per-op autocast behaviour for CUDA and
+      CPU only (ops such as scaled_dot_product_attention have failed under MPS autocast), and the book supports
+      torch >= 2.1: Macs train in fp32.
+    """
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    return False
+    if device.type == "cuda" and torch.cuda.is_available():
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16 if major >= 7 else None
+    if device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return torch.bfloat16
+    return None
+
+
+def bf16_fast(device) -> bool:
+    """Whether bfloat16 autocast is a real speed-up here (``amp_for(device) is torch.bfloat16``): a CUDA GPU with
+    native bf16 (Ampere or newer; a T4 only emulates it), or a CPU with AMX tiles (Sapphire Rapids or newer)."""
+    return amp_for(device) is torch.bfloat16
 
 
 def versions() -> dict[str, str]:
@@ -87,6 +106,7 @@ class Run:
     device: torch.device
     versions: dict = field(default_factory=versions)
     started: float = field(default_factory=time.time)
+    origins: dict = field(default_factory=dict)   # {parameter: "set" | "profile <name>" | "default"} (params.check)
 
     @property
     def wall_s(self) -> float:
@@ -97,12 +117,17 @@ class Run:
         dev = self.device.type
         if dev == "cuda":
             dev += f" ({torch.cuda.get_device_name(self.device)})"
-        return (f"Run: profile {self.profile} · device {dev} · seed {self.seed} · {v} · "
+        line = (f"Run: profile {self.profile} · device {dev} · seed {self.seed} · {v} · "
                 f"threads {torch.get_num_threads()}")
+        by: dict = {}
+        for name, origin in self.origins.items():
+            if origin != "default":
+                by.setdefault(origin, []).append(name)
+        return line + "".join(f"\n  {origin}: {', '.join(names)}" for origin, names in by.items())
 
     def as_dict(self) -> dict:
         return {"profile": self.profile, "seed": self.seed, "device": self.device.type,
-                "versions": self.versions, "wall_s": round(self.wall_s, 2)}
+                "versions": self.versions, "wall_s": round(self.wall_s, 2), "origins": self.origins}
 
 
 @contextmanager
@@ -118,8 +143,11 @@ def threads(n: int):
 
 
 def start(profile: str, seed: int, device: str = "auto") -> Run:
-    """Seed everything, choose the device, print the run header and return the Run."""
-    run = Run(profile=profile, seed=seed, device=pick_device(device))
+    """Seed everything, choose the device, print the run header (with where each parameter's value came from, as
+    the latest ``params.check`` found it) and return the Run."""
+    from . import params
+
+    run = Run(profile=profile, seed=seed, device=pick_device(device), origins=dict(params.last_origins or {}))
     seed_everything(seed)
     print(run.header())
     return run

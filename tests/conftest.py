@@ -10,9 +10,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def run_book(*args, cwd=ROOT, timeout=900):
-    """Run the book runner as the Makefile does; returns the CompletedProcess."""
+    """Run the book runner as the Makefile does; returns the CompletedProcess. A test book with its own profile
+    files in ``cwd/profiles`` gets them through $NBHELPERS_PROFILES (the package's otherwise)."""
+    env = {**os.environ, **({"NBHELPERS_PROFILES": str(Path(cwd) / "profiles")}
+                            if (Path(cwd) / "profiles").is_dir() else {})}
     return subprocess.run([sys.executable, "-m", "nbhelpers.book", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")

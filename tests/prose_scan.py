@@ -15,6 +15,8 @@ MATH = re.compile(r"\$[^$]*\$")
 LINK = re.compile(r"\]\([^)]*\)|https?://\S+")
 HEADING_NUMBER = re.compile(r"^(#+\s*)\d+(\s*·)?")
 NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
+# the opening "what a rerun costs" line is written from book/compute.yml (tests/test_notebooks.py checks it)
+COST = re.compile(r"<!-- cost:.*?<!-- /cost -->", re.S)
 
 
 def numbers(nb_path: Path) -> dict[str, list[str]]:
@@ -25,7 +27,7 @@ def numbers(nb_path: Path) -> dict[str, list[str]]:
         if c["cell_type"] != "markdown":
             continue
         text = "".join(c["source"])
-        for rx in (GLUE, CODE, MATH, LINK):
+        for rx in (COST, GLUE, CODE, MATH, LINK):
             text = rx.sub(" ", text)
         for line in text.splitlines():
             line = HEADING_NUMBER.sub(r"\1", line)

@@ -114,6 +114,7 @@ def _mini_book(tmp_path):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "book", root / "book")
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    shutil.copytree(ROOT / "nbhelpers" / "profiles", root / "profiles")   # used through $NBHELPERS_PROFILES
     return root
 
 
@@ -127,7 +128,7 @@ def _previous_book(out):
 
 def test_malformed_profile_is_one_line_naming_file_and_line(tmp_path):
     root = _mini_book(tmp_path)
-    profile = root / "book" / "profiles" / "quick.yml"  # not even the profile that runs: it is read for the book
+    profile = root / "profiles" / "quick.yml"  # not even the profile that runs: it is read for the book
     profile.write_text("01_toy_attention:\n  seeds: 3\n  n_train: [64, 128\n")
     out = tmp_path / "out"
     before = _previous_book(out)

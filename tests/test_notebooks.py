@@ -3,6 +3,7 @@ import hashlib
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,9 @@ def test_committed_notebook_is_an_output_free_source(path):
     assert all(not c.get("outputs") and not c.get("execution_count") for c in code)
     assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]) == 1
     first = "".join(code[0]["source"])
-    assert "google.colab" in first and f"git+{REPO_URL}" in first, "first code cell must be the Colab set-up"
+    assert "colab-setup" in code[0]["metadata"].get("tags", []) and f"git+{REPO_URL}@" in first, \
+        "first code cell must be the set-up cell (tools/nbbuild.py COLAB)"
+    assert 'BOOK_REF = "main"' in first and "check=True" in first      # pinned by the runner; fails loudly
 
 
 def test_toc_lists_every_notebook():
@@ -87,7 +90,8 @@ def test_parameters_cells_parse_completely():
 
     for nb in NOTEBOOKS:
         cell = next(c for c in json.loads(nb.read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
-        assigned = [l.split("=")[0].strip() for l in "".join(cell["source"]).splitlines() if re.match(r"^\w+ *=", l)]
+        assigned = [re.match(r"^(\w+)", line).group(1) for line in "".join(cell["source"]).splitlines()
+                    if re.match(r"^\w+ *(:[^=]*)?=", line)]
         assert list(papermill.inspect_notebook(str(nb))) == assigned, nb.name
 
 
@@ -112,3 +116,16 @@ def test_sources_untouched_by_runs(smoke_book):
     status = subprocess.run(["git", "status", "--porcelain", "notebooks", "book"], cwd=ROOT,
                             capture_output=True, text=True).stdout
     assert status == ""
+
+
+def test_every_chapter_opens_with_its_cost_from_the_data_file():
+    import nbformat
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from compute_lines import line
+
+    costs = yaml.safe_load((ROOT / "book" / "compute.yml").read_text())
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        first = next(c for c in nbformat.read(path, 4).cells if c.cell_type == "markdown")
+        assert first.source.endswith(line(costs[path.stem])), f"{path.name}: run python tools/compute_lines.py"

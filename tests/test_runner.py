@@ -9,7 +9,8 @@ def _mini_book(tmp_path, profile_text):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "book", tmp_path / "book")
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
-    (tmp_path / "book" / "profiles" / "smoke.yml").write_text(profile_text)
+    shutil.copytree(ROOT / "nbhelpers" / "profiles", tmp_path / "profiles")   # used through $NBHELPERS_PROFILES
+    (tmp_path / "profiles" / "smoke.yml").write_text(profile_text)
     return tmp_path
 
 
@@ -34,12 +35,12 @@ def test_unknown_command_line_parameter(tmp_path):
 
 
 def test_bad_parameter_value_fails_in_validation_cell_naming_chapter_and_cell(tmp_path):
-    proc = run_book("--profile", "smoke", "--only", "01", "-p", "dataset", "nope", "--out", str(tmp_path),
+    proc = run_book("--profile", "smoke", "--only", "01", "-p", "datasets", "nope", "--out", str(tmp_path),
                     "--no-build", timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1
     assert "01_toy_attention" in out and "failed" in out and "cell" in out
-    assert "ValueError" in out and "dataset='nope'" in out and "'spiral'" in out
+    assert "ValueError" in out and "datasets='nope'" in out and "'spiral'" in out
     # it failed before any training: the failing cell is the validation cell right after the parameters
     assert "Heads" not in out.split("ValueError")[0][-200:]
     assert not (tmp_path / "book" / "notebooks" / "01_toy_attention.ipynb").exists()
@@ -57,8 +58,8 @@ def test_gp_width_must_split_into_heads_before_any_compute(tmp_path):
 def test_failure_names_chapter_and_cell_and_the_rest_still_runs(tmp_path):
     import yaml
 
-    smoke = yaml.safe_load((ROOT / "book" / "profiles" / "smoke.yml").read_text())
-    profile = {"01_toy_attention": {**smoke["01_toy_attention"], "dataset": "nope"},
+    smoke = yaml.safe_load((ROOT / "nbhelpers" / "profiles" / "smoke.yml").read_text())
+    profile = {"01_toy_attention": {**smoke["01_toy_attention"], "datasets": "nope"},
                "05_activations": smoke["05_activations"]}
     root = _mini_book(tmp_path, yaml.safe_dump(profile))
     proc = run_book("--profile", "smoke", "--only", "01", "05", "--no-build", cwd=root, timeout=600)
@@ -83,7 +84,7 @@ def test_interrupted_run_leaves_the_previous_book_intact(smoke_book, tmp_path):
     watched = [out / "html" / "notebooks" / "01_toy_attention.html", out / "book" / "notebooks" / "01_toy_attention.ipynb"]
     before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in watched]
     proc = subprocess.Popen([sys.executable, "-m", "nbhelpers.book", "--profile", "smoke", "--only", "01",
-                             "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--force", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     running = out / "book" / "notebooks" / ".01_toy_attention.running.ipynb"
     deadline = time.time() + 120
     while not running.exists() and time.time() < deadline and proc.poll() is None:

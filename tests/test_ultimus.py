@@ -253,3 +253,28 @@ def test_a_guarded_row_reuses_its_twin_only_when_the_twin_never_crossed():
     wild = E.run_rows(data, E.faithful_rows(0.3, 16), [0], 1, "cpu", diverge_factor=1.5)
     assert wild["guarded"][0].history is not wild["faithful"][0].history
     assert wild["guarded"][0].history.stopped_at is not None
+
+
+def test_a_run_interrupted_mid_epoch_resumes_to_the_same_result(tmp_path, monkeypatch):
+    data = _data(64)
+    args = (data, "fixed_spec", E.working(batch_size=16), 2, "cpu")
+    straight = E.train(*args, seed=3)
+    calls, real = {"n": 0}, E.Tally.__call__
+
+    def interrupted(self, out, y):            # a Colab disconnect in epoch 2, after its first checkpoint
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(self, out, y)
+
+    monkeypatch.setattr(E.Tally, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        E.train(*args, seed=3, checkpoints=str(tmp_path))
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    calls["n"] = -100                          # count the steps the resumed run trains
+    resumed = E.train(*args, seed=3, checkpoints=str(tmp_path))
+    assert calls["n"] + 100 == 4               # only epoch 2's 4 steps: epoch 1 came from the checkpoint
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(resumed.curve, straight.curve)
+    other = E.train(*args, seed=4, checkpoints=str(tmp_path))     # another seed is another run: its own file
+    assert len(list(tmp_path.glob("*.pt"))) == 2 and not other.curve.equals(straight.curve)

@@ -1,4 +1,7 @@
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -123,15 +126,90 @@ def test_strip_block_overwrites_the_residual_with_its_layernorm():
 
 def test_repaired_family_budget_and_control():
     x = torch.randn(2, 3, 32, 32)
-    full, control = V.build("convformer", CIFAR, 10), V.build("convnet", CIFAR, 10)
+    full, control = V.build("convformer", CIFAR, 10).eval(), V.build("convnet", CIFAR, 10).eval()
     assert full(x).shape == control(x).shape == (2, 10)
     assert V.count_params(full) <= 1_800_000
-    attn = sum(p.numel() for p in full.transformer.parameters()) + full.pos.numel()
-    assert V.count_params(control) == V.count_params(full) - attn      # the control is the same net minus attention
+    attn = sum(p.numel() for p in full.attention.parameters())
+    assert attn > 0 and V.count_params(control) == V.count_params(full) - attn   # the same net minus attention
     assert not any(hasattr(m, "to_qkv") for m in control.modules())
+    assert full.tokens(x).shape == (2, 49, 192)                                   # a 7x7 grid of 192-wide tokens
+    assert V.num_tokens(full, CIFAR) == 49 and V.num_tokens(control, CIFAR) is None
+    # the attention starts as the identity: with the control's weights the two networks agree exactly
+    full.load_state_dict({**full.state_dict(), **control.state_dict()})
+    torch.testing.assert_close(full(x), control(x))
     assert V.build("convformer", MNIST, 10)(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ValueError, match="not divisible"):
-        V.build("convformer", CIFAR, 10, heads=3)
+        V.build("convformer", CIFAR, 10, heads=5)
+
+
+def test_whitening_filters_decorrelate_the_patches():
+    torch.manual_seed(0)
+    mix = torch.tensor([[1.0, 0.9, 0.8], [0.0, 0.4, 0.3], [0.0, 0.0, 0.2]])
+    x = torch.einsum("dc,nchw->ndhw", mix, torch.randn(64, 3, 12, 12)).contiguous()
+    m = V.build("convnet", CIFAR, 10)
+    m.init_whitening(x, eps=0.0)
+    w = m.whiten.weight
+    assert not w.requires_grad and w.shape == (24, 3, 2, 2)
+    torch.testing.assert_close(w[12:], -w[:12])                                    # each filter and its negation
+    out = torch.nn.functional.conv2d(x, w[:12]).permute(0, 2, 3, 1).reshape(-1, 12)
+    torch.testing.assert_close(out.T @ out / len(out), torch.eye(12), atol=2e-3, rtol=0)
+
+
+def test_sgd_groups_decay_every_weight_alike_and_speed_up_batchnorm_biases():
+    m = V.build("convnet", CIFAR, 10)
+    groups = E.sgd_groups(m, E.REPAIRED)
+    others, biases = groups
+    assert biases["lr"] == pytest.approx(64 * others["lr"])
+    assert biases["lr"] * biases["weight_decay"] == pytest.approx(others["lr"] * others["weight_decay"])
+    # airbench94's numbers: lr 11.5 and wd 0.0153 per 1024 examples at momentum 0.85, loss summed over 1024
+    gain = 1024 * (1 + 1 / 0.15)
+    assert others["lr"] == pytest.approx(11.5 / gain * 1024)
+    assert others["lr"] * others["weight_decay"] == pytest.approx(0.0153 * 1024 / gain)
+    frozen = {id(p) for p in m.parameters() if not p.requires_grad}
+    assert frozen and not frozen & {id(p) for g in groups for p in g["params"]}  # BN scales, whitening filters
+    assert all(p.ndim == 1 for p in biases["params"])
+    with pytest.raises(ValueError, match="tta"):
+        E.Recipe("x", tta=3)
+    with pytest.raises(ValueError, match="augment"):
+        E.Recipe("x", augment="crop")
+
+
+def test_triangle_schedule_and_lookahead():
+    m = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=1.0)
+    sched, per = E.make_schedule(opt, E.REPAIRED, 100)
+    lrs = []
+    for _ in range(101):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert per == "step" and lrs[0] == pytest.approx(0.2) and lrs[23] == pytest.approx(1.0)
+    assert lrs[100] == pytest.approx(0.07) and max(lrs) == lrs[23]
+    la = E.Lookahead(steps_per_epoch=10, total_steps=100, start_epoch=1, every=5)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    la(5, m)                                              # epoch 0: nothing yet
+    assert la.ema is None
+    la(15, m)                                             # first step of the schedule: the EMA starts here
+    with torch.no_grad():
+        m.weight.fill_(3.0)
+    la(20, m)                                             # moves toward the weights and copies itself back
+    rho = 0.95 ** 5 * 0.2 ** 3
+    torch.testing.assert_close(m.weight, torch.full_like(m.weight, 1.0 + (1 - rho) * 2.0))
+
+
+def test_tta_levels():
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    x = torch.randn(2, 3, 8, 8)
+    m(x)
+    mirror = (m(x) + m(x.flip(-1))) / 2
+    torch.testing.assert_close(E.TTA(m, 1)(x), mirror)
+    p = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [p[..., :8, :8], p[..., 2:, 2:]]
+    expected = mirror / 2 + sum((m(s) + m(s.flip(-1))) / 2 for s in shifted) / 4
+    torch.testing.assert_close(E.TTA(m, 2)(x), expected)
+    assert E.with_tta(m, E.Recipe("x", tta=1), "mnist") is m                  # no mirror for digits
+    assert E.with_tta(m, E.Recipe("x", tta=2), "mnist").mirror is False
 
 
 def test_recipe_rejects_unknown_names():
@@ -163,3 +241,27 @@ def test_original_numbers_only_beside_runs_of_their_size():
     assert E.like_for_like_verdict([fake(60_000, 1, 0.90)]).startswith("0 of the 1")
     assert "none of this run's rows" in E.like_for_like_verdict([fake(2_000, 1, 0.9)])
     assert np.isnan(E.results_table([fake(2_000, 1, 0.9)]).loc[0, "original %"])
+
+
+def test_repaired_run_interrupted_after_its_ema_started_resumes_to_the_same_result(tmp_path):
+    rng = np.random.default_rng(1)
+    data = images.ImageData("cifar10", rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 64),
+                            rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 32),
+                            [str(i) for i in range(10)])
+    recipe = dataclasses.replace(E.REPAIRED, batch_size=16, amp=False)
+    args = (data, "convnet", recipe, 5, "cpu")           # 4 steps per epoch; the EMA starts at step 15
+    straight = E.train_model(*args, seed=2, bug_compatible=False)
+
+    def disconnect(step, model):
+        if step == 18:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        E.train_model(*args, seed=2, bug_compatible=False, on_step=disconnect, checkpoints=str(tmp_path))
+    steps = []
+    resumed = E.train_model(*args, seed=2, bug_compatible=False, on_step=lambda s, m: steps.append(s),
+                            checkpoints=str(tmp_path))
+    assert steps == [17, 18, 19, 20]                     # resumed after epoch 4 (its EMA and whitening state kept)
+    cols = ["epoch", "train_loss", "test_acc", "tta_acc"]
+    pd.testing.assert_frame_equal(resumed.curve[cols], straight.curve[cols])
+    assert resumed.acc == straight.acc

@@ -35,31 +35,32 @@ The defaults are the original experiment at full size (a GPU is advised). The ru
 built this page; only a full-data run can be set beside the original's numbers, and the tables say so row by row.
 """),
 ("code", r"""
-profile = "full"        # which profile produced this run (set by the runner): full, quick or smoke
-seed = 0                # first seed; a row with k seeds uses seed, seed + 1, ..., seed + k - 1
-seeds = 3               # seeds per faithful / diagnosis row (mean ± sd)
-device = "auto"         # auto (cuda > mps > cpu), cpu, cuda or mps
-datasets = "all"        # "all" (a dataset whose data is absent becomes a "not run" row) or mnist, cifar10, cifar100 / a list (must be present)
-n_train = 0             # training images per dataset, 0 for all (60k MNIST, 50k CIFAR); the original's numbers need 0
-n_test = 0              # test images per dataset, 0 for all (10k)
-table1_models = ["cnn", "vit", "deepvit", "hybrid"]  # table 1: the small models (width 128, depth 6)
-table1_epochs = 1       # table 1 epochs (original: 1)
-base_models = ["cnn", "vit", "deepvit", "hybrid"]    # tables 2-3: ViT-Base width (768, 12 heads, MLP 3072)
-base_depths = [6]       # depths of the ViT-Base-width rows (original: 12 for table 2, 6 for table 3; 12 doubles the cost)
-base_epochs = 15        # tables 2-3 epochs (original: 15)
-base_seeds = 1          # seeds per ViT-Base-width row (each is a 15-epoch run of a 45-85 M parameter model)
-corrected_models = ["vit", "hybrid"]  # small models rerun with the 4-token bug and with a true patch grid
-corrected_epochs = 15   # epochs of that pair (original recipe)
-patch_grid = "fine"     # true grid: fine is patch 4 (7x7 or 8x8 tokens), coarse a 4x4 token grid (cheaper on CPU)
-scale_forms = ["strip", "vit-pytorch"]  # the sqrt(d) ablation: the second original's 1-layer ViT, and vit-pytorch's
-scale_epochs = 50       # epochs of the sqrt(d) ablation on MNIST (original: 50)
-repaired_models = ["convformer", "convnet", "cnn"]  # the repaired hybrid, its stem without attention, the original CNN
-repaired_epochs = 40    # epochs of the repaired recipe (AdamW + one-cycle, augmentation, label smoothing)
-repaired_seeds = 2      # seeds per repaired / control row
-repaired_datasets = "all"  # datasets of the repaired rows: "all" (those loaded) or a subset of the loaded ones
-repaired_batch = 256    # batch size of the repaired recipe (smaller on small subsets, for enough optimiser steps)
-timing_images = 1000    # images per honestly timed inference batch (results are reported per 1000 images)
-timing_reps = 5         # timed repetitions (median) after warm-up
+profile: str = "full"       # which profile produced this run (set by the runner): full, quick or smoke
+seed: int = 0               # first seed; a row with k seeds uses seed, seed + 1, ..., seed + k - 1
+seeds: int = 3              # seeds per faithful / diagnosis row (mean ± sd)
+device: str = "auto"        # auto (cuda > mps > cpu), cpu, cuda or mps
+datasets: "Union[str, list]" = "all"  # "all" (a dataset whose data is absent becomes a "not run" row) or mnist, cifar10, cifar100 / a list (must be present)
+n_train: int = 0            # training images per dataset, 0 for all (60k MNIST, 50k CIFAR); the original's numbers need 0
+n_test: int = 0             # test images per dataset, 0 for all (10k)
+table1_models: list = ["cnn", "vit", "deepvit", "hybrid"]  # table 1: the small models (width 128, depth 6)
+table1_epochs: int = 1      # table 1 epochs (original: 1)
+base_models: list = ["cnn", "vit", "deepvit", "hybrid"]  # tables 2-3: ViT-Base width (768, 12 heads, MLP 3072)
+base_depths: list = [6]     # depths of the ViT-Base-width rows (original: 12 for table 2, 6 for table 3; 12 doubles the cost)
+base_epochs: int = 15       # tables 2-3 epochs (original: 15)
+base_seeds: int = 1         # seeds per ViT-Base-width row (each is a 15-epoch run of a 45-85 M parameter model)
+corrected_models: list = ["vit", "hybrid"]  # small models rerun with the 4-token bug and with a true patch grid
+corrected_epochs: int = 15  # epochs of that pair (original recipe)
+patch_grid: str = "fine"    # true grid: fine is patch 4 (7x7 or 8x8 tokens), coarse a 4x4 token grid (cheaper on CPU)
+scale_forms: list = ["strip", "vit-pytorch"]  # the sqrt(d) ablation: the second original's 1-layer ViT, and vit-pytorch's
+scale_epochs: int = 50      # epochs of the sqrt(d) ablation on MNIST (original: 50)
+repaired_models: list = ["convformer", "convnet", "cnn"]  # the repaired hybrid, the same net without attention, the original CNN
+repaired_epochs: int = 10   # epochs of the repaired recipe (airbench94's: 9.9 epochs of Nesterov SGD, batch 1024)
+repaired_seeds: int = 2     # seeds per repaired / control row
+repaired_datasets: "Union[str, list]" = "all"  # datasets of the repaired rows: "all" (those loaded) or a subset of the loaded ones
+repaired_batch: int = 1024  # batch size of the repaired recipe (smaller on small subsets, for enough optimiser steps)
+timing_images: int = 1000   # images per honestly timed inference batch (results are reported per 1000 images)
+timing_reps: int = 5        # timed repetitions (median) after warm-up
+checkpoints: str = ""       # folder for per-run checkpoints (in Colab: a Google Drive folder); a run started again resumes
 """, ["parameters"]),
 ("code", r"""
 import dataclasses
@@ -71,7 +72,7 @@ from nbhelpers.models import vision as V
 from nbhelpers.viz import style
 
 P = params.check(
-    globals(), **params.common(), seeds=params.Int(1, 20), repaired_seeds=params.Int(1, 20),
+    globals(), "03_vit_hybrid", **params.common(), seeds=params.Int(1, 20), repaired_seeds=params.Int(1, 20),
     base_seeds=params.Int(1, 20),
     datasets=params.Choice("all", *images.DATASETS, many=True) if isinstance(datasets, list)
     else params.Choice("all", *images.DATASETS),
@@ -84,7 +85,7 @@ P = params.check(
     scale_epochs=params.Int(0, 200), repaired_models=params.Choice(*V.REPAIRED_MODELS, "cnn", many=True),
     repaired_epochs=params.Int(0, 400), repaired_batch=params.Int(8, 4096),
     repaired_datasets=params.Choice("all", *images.DATASETS, many=True),
-    timing_images=params.Int(1, 10_000), timing_reps=params.Int(1, 100),
+    timing_images=params.Int(1, 10_000), timing_reps=params.Int(1, 100), checkpoints=params.Text(),
 )
 run = runtime.start(profile, seed, device)
 res = results.Results("03_vit_hybrid", run)
@@ -129,7 +130,7 @@ The original recipe, bug-compatible, over several seeds:
 """),
 ("code", r"""
 table1 = E.run_specs(DATA, [E.Spec("table 1", m, E.ORIGINAL, table1_epochs) for m in table1_models], SEEDS,
-                     run.device)
+                     run.device, checkpoints=checkpoints)
 res.glue("table1_verdict", E.like_for_like_verdict(table1) if table1 else "table 1 was not run at this profile")
 res.glue("table1_best", "; ".join(f"{E.best_model(table1, 'table 1', d)} on {images.TITLES[d]}" for d in DATA)
          if table1 else "—")
@@ -153,7 +154,8 @@ with depth 12 (table 2) and depth 6 (table 3) — still with the 4-token bug:
 base_specs = [E.Spec("tables 2-3", "cnn", E.ORIGINAL, base_epochs)] if "cnn" in base_models else []
 base_specs += [E.Spec("tables 2-3", m, E.ORIGINAL, base_epochs, size=f"base{d}", label=f"{m} (depth {d})")
                for d in base_depths for m in base_models if m != "cnn"]
-base = E.run_specs(DATA, base_specs, list(range(seed, seed + base_seeds)), run.device) if base_epochs else []
+base = E.run_specs(DATA, base_specs, list(range(seed, seed + base_seeds)), run.device,
+                   checkpoints=checkpoints) if base_epochs else []
 res.glue("base_verdict", E.like_for_like_verdict(base) if base else "tables 2-3 were not run at this profile")
 E.styled(E.results_table(base)) if base else "not run at this profile"
 """),
@@ -172,7 +174,7 @@ for m in corrected_models:
     corr_specs += [E.Spec("patching", m, E.ORIGINAL, corrected_epochs, label=f"{m} · 4 tokens (bug)"),
                    E.Spec("patching", m, E.ORIGINAL, corrected_epochs, bug_compatible=False, patch=patch_grid,
                           label=f"{m} · true grid")]
-corrected = E.run_specs(DATA, corr_specs, SEEDS, run.device) if corrected_epochs else []
+corrected = E.run_specs(DATA, corr_specs, SEEDS, run.device, checkpoints=checkpoints) if corrected_epochs else []
 res.glue("patch_verdict", "; ".join(
     f"for the {m}: " + E.switch_sentence(corrected, "patching", f"{m} · 4 tokens (bug)", f"{m} · true grid",
                                          "the true grid") for m in corrected_models) if corrected else
@@ -201,8 +203,8 @@ for scaled in (True, False):
     if "vit-pytorch" in scale_forms:
         scale_specs.append(E.Spec("sqrt(d)", "vit", E.STRIP, scale_epochs, size="sqrt_d", scaled=scaled,
                                   bug_compatible=False, patch=patch_grid, label=f"vit-pytorch, {word} 1/√d"))
-scale_runs = E.run_specs({"mnist": DATA["mnist"]} if "mnist" in DATA else {}, scale_specs, SEEDS, run.device) \
-    if scale_epochs else []
+scale_runs = E.run_specs({"mnist": DATA["mnist"]} if "mnist" in DATA else {}, scale_specs, SEEDS, run.device,
+                         checkpoints=checkpoints) if scale_epochs else []
 for form, name in (("second original", "strip"), ("vit-pytorch", "vitpytorch")):
     res.glue(f"sqrt_d_{name}", E.switch_sentence(scale_runs, "sqrt(d)", f"{form}, with 1/√d",
                                                  f"{form}, without 1/√d", "removing the scale"))
@@ -222,23 +224,34 @@ starts saturated, and initialisations with larger weights.
 
 ## A repaired recipe, with its controls
 
-Same budget (≤ 1.8 M parameters), built on what is known to work at this size: a BatchNorm convolutional stem
-with a residual block (32 → 16 → 8 px) whose 8×8 feature map becomes 64 tokens for two pre-norm transformer layers
-(vit-pytorch's `Transformer`, width 256), mean-pooled into a linear head (`models.vision.ConvTransformer`).
-Recipe: per-dataset normalisation; random crop, and on CIFAR horizontal flips and 8×8 erasing; AdamW with a
-one-cycle schedule; label smoothing 0.1; bf16 where the device runs it natively; mirror test-time augmentation on
-CIFAR; the whole dataset resident on the device.
+Same budget (≤ 1.8 M parameters), built on what is known to work at this size: the network and recipe of
+airbench94 [(Keller Jordan, `cifar10-airbench`)](https://github.com/KellerJordan/cifar10-airbench), which reaches
+94 % on CIFAR-10 in about 10 epochs. A fixed 2×2 whitening convolution computed from the training images, three
+convolution groups with BatchNorm (32 → 31 → 15 → 7 → 3 px), a max-pool and a linear head; we narrow the second
+group to 192 channels to make room, and put **one layer of self-attention over the 7×7 grid** between the second
+and the third group: each position is a 192-wide token with a learned position, through a pre-norm layer of
+vit-pytorch's `Transformer` (4 heads, MLP width 192). The attention's output maps start at zero, so the model
+starts as its control and has to learn to use the attention (`models.vision.ConvTransformer`).
+Recipe (airbench94's, `E.REPAIRED`): per-dataset normalisation; random flips (not on MNIST) and 2-pixel
+translations; Nesterov SGD in airbench's decoupled form (lr 11.5 and weight decay 0.0153 per 1024 examples,
+momentum 0.85, BatchNorm biases at 64× the rate), batch 1024, a triangular schedule, label smoothing 0.2, an EMA of
+the weights from epoch 3; at the end, test-time augmentation over mirrors and 1-pixel shifts. We differ from it in
+three ways that can move the number slightly: random rather than alternating flips, mixed precision only where the
+device runs it natively (bf16 on recent GPUs and AMX CPUs, fp16 with loss scaling on a T4, fp32 elsewhere), and
+whole epochs (10 instead of 9.9). The accuracy reported is the **final** epoch's — no epoch is picked on the test
+set.
 
-**Controls**, same recipe and epochs: `convnet`, the same network with its transformer layers removed (the stem
-feeds the pooled head directly), and the original's CNN.
+**Controls**, same recipe, epochs and seeds: `convnet`, the same network with its attention layer removed (the second
+convolution group feeds the third directly; since the attention starts as the identity, the two networks are equal
+at initialisation), and the original's CNN.
 """),
 ("code", r"""
 REPAIRED = dataclasses.replace(E.REPAIRED, batch_size=repaired_batch)
 labels = {"convformer": "repaired (conv + attention)", "convnet": "control: no attention", "cnn": "control: original CNN"}
 REP_DATA = {d: x for d, x in DATA.items() if "all" in P["repaired_datasets"] or d in P["repaired_datasets"]}
 repaired = E.run_specs(REP_DATA, [E.Spec("repaired", m, REPAIRED, repaired_epochs, bug_compatible=False, label=labels[m])
-                              for m in repaired_models], list(range(seed, seed + repaired_seeds)), run.device) \
-    if repaired_epochs else []
+                              for m in repaired_models], list(range(seed, seed + repaired_seeds)), run.device,
+                       checkpoints=checkpoints) if repaired_epochs else []
 res.glue("repaired_targets", E.target_sentence(repaired, labels["convformer"]))
 res.glue("attention_adds", E.beats_sentence(repaired, "repaired", labels["convnet"], labels["convformer"],
                                             "the same network without attention"))
@@ -255,8 +268,8 @@ The repaired model ({glue:text}`params_repaired:,d` parameters on CIFAR-10) reac
 ## Results, with honest timing
 
 Every run of the chapter. Inference time per 1000 images, *honest* (warmed up, synchronised, median of
-`timing_reps` calls, measured as the model is evaluated: bf16 and mirror TTA for the repaired rows) next to the
-original's way (the mean of unsynchronised `model(data)` calls over every test batch of every epoch — on a GPU that
+`timing_reps` calls, measured as the model is evaluated: mixed precision and test-time augmentation for the repaired rows)
+next to the original's way (the mean of unsynchronised `model(data)` calls over every test batch of every epoch — on a GPU that
 mostly times kernel launches):
 """),
 ("code", r"""
@@ -299,7 +312,7 @@ E.plot_attention(DATA[first], attn_models, E.stats_for(E.ORIGINAL, DATA[first]))
 - {glue:text}`table1_verdict`; at ViT-Base width, {glue:text}`base_verdict`.
 - The true patch grid: {glue:text}`patch_verdict`.
 - The √d scale, in the second original's model: {glue:text}`sqrt_d_strip`.
-- The repaired recipe: {glue:text}`repaired_targets`; attention over the stem's tokens: {glue:text}`attention_adds`.
+- The repaired recipe: {glue:text}`repaired_targets`; attention over the 7×7 feature grid: {glue:text}`attention_adds`.
 """),
 ("code", r"""
 res.save()
@@ -307,4 +320,10 @@ res.save()
 ]
 
 if __name__ == "__main__":
-    write(ROOT / "notebooks" / "03_vit_hybrid.ipynb", cells)
+    import nbformat
+    from compute_lines import apply
+
+    write(ROOT / "notebooks" / "03_vit_hybrid.ipynb", cells, gpu=True)
+    nb = nbformat.read(ROOT / "notebooks" / "03_vit_hybrid.ipynb", 4)
+    apply(nb, "03_vit_hybrid")
+    nbformat.write(nb, ROOT / "notebooks" / "03_vit_hybrid.ipynb")

@@ -8,10 +8,13 @@ ROOT = Path(__file__).resolve().parents[1]
 REPO_URL = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]  # the one place it is kept
 
 
-def write(path, cells):
+def write(path, cells, gpu: bool = False):
+    """``gpu``: ask Colab for a GPU runtime (its accelerator metadata) when the notebook is opened there."""
     nb = nbformat.v4.new_notebook()
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                    "language_info": {"name": "python"}}
+    if gpu:
+        nb.metadata |= {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
     for i, cell in enumerate(cells):
         kind, src, *tags = cell
         c = (nbformat.v4.new_markdown_cell if kind == "md" else nbformat.v4.new_code_cell)(src.strip("\n"))
@@ -23,9 +26,16 @@ def write(path, cells):
     nbformat.write(nb, path)
 
 
+# The set-up cell: in Colab, or a Jupyter outside this repository, it installs nbhelpers pinned to BOOK_REF (the
+# runner writes the commit it executed into the book's copies) and fails loudly if that does not work.
 COLAB = ("code", f'''
-# Colab set-up: installs nbhelpers from the book's repository when running in Google Colab (no-op elsewhere).
-import sys
-if "google.colab" in sys.modules:
-    %pip install -q "nbhelpers @ git+{REPO_URL}"
+# Set-up: make nbhelpers importable. Inside the repository (pip install -e .) this does nothing; in Colab or any
+# other Jupyter it installs the package from the book's repository at BOOK_REF, and stops here if that fails.
+BOOK_REF = "main"  # the commit or tag the book was built from (the book's own copies carry the exact commit)
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("nbhelpers") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    f"nbhelpers @ git+{REPO_URL}@{{BOOK_REF}}"], check=True)
+    importlib.invalidate_caches()
+    import nbhelpers  # noqa: F401  (raises now, not ten cells later, if the install did not work)
 ''', ["colab-setup"])

@@ -196,7 +196,7 @@ def _train_one(data, variant, seed, steps, lr, frames, device) -> MoonsRun:
 def run_all(data: dict, variants, seeds, steps: int = 1000, lr: float = 0.01, frames: int = 0, device="cpu",
             progress: bool = True) -> dict:
     """Every variant x seed; frames are recorded for the first seed only. Returns {(variant, seed): MoonsRun}."""
-    from tqdm.std import tqdm
+    from ..train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
 
     jobs = [(v, s) for v in variants for s in seeds]
     return {(v, s): train_one(data, v, s, steps, lr, frames if s == seeds[0] else 0, device)

@@ -232,7 +232,7 @@ def train_rows(keys, train_pairs, val_pairs, cfg: Config, seeds, device="cpu", p
     workers > 1 (CPU only): train that many models at once in forked processes of one torch thread each; every
     run is seeded on its own, so the results are the same as with one worker at one thread.
     """
-    from tqdm.std import tqdm
+    from ..train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
 
     todo = [(s, k) for s in seeds for k in keys if ROWS[k].trains]
     out = {s: {} for s in seeds}

@@ -107,7 +107,7 @@ def _train_one(split: dict, model_name: str, seed: int, epochs: int | None = Non
 
 def run_grid(splits: dict, model_names, seeds, epochs_scale: float = 1.0, progress: bool = True, **kw):
     """Every dataset x model x seed; returns {(dataset, model, seed): ToyRun}."""
-    from tqdm.std import tqdm
+    from ..train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
 
     jobs = [(d, m, s) for d in splits for m in model_names for s in seeds]
     runs = {}
@@ -533,7 +533,7 @@ def ceiling_study(splits: dict, seeds, configs, epochs_scale: float = 1.0, n_tes
                   progress: bool = True) -> pd.DataFrame:
     """Heads over a grid of configurations x classification datasets x seeds: validation accuracy (the original's
     500 points, used to choose) and accuracy on an independent held-out draw of n_test points (used to judge)."""
-    from tqdm.std import tqdm
+    from ..train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
 
     rows = []
     jobs = [(d, c) for d in splits if splits[d]["task"].kind == "classification" for c in configs]

@@ -114,6 +114,12 @@ class Tally:
         self.correct, self.seen = 0, 0
         return acc
 
+    def state_dict(self) -> dict:          # kept in a train.fit checkpoint, so a resumed epoch counts every batch
+        return {"correct": int(self.correct), "seen": self.seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.correct, self.seen = state["correct"], state["seen"]
+
 
 # ---------------------------------------------------------------- LR-range test
 
@@ -177,10 +183,11 @@ def fast_model(model: torch.nn.Module, device: torch.device, fast) -> torch.nn.M
 
 def train(data: images.ImageData, variant: str, recipe: Recipe, epochs: int, device, seed: int = 0,
           label: str | None = None, diverge_factor: float | None = 20.0, fast="auto", evaluate: bool = True,
-          on_diverge: str = "stop", **model_kw) -> UltimusRun:
+          on_diverge: str = "stop", checkpoints: str = "", **model_kw) -> UltimusRun:
     """Train one variant with one recipe; test loss/accuracy and training accuracy after every epoch. The guard
     stops the run when the training loss exceeds ``diverge_factor`` × the first loss (``on_diverge="report"``:
-    records it and trains on, as the original did), and always on a NaN/inf loss."""
+    records it and trains on, as the original did), and always on a NaN/inf loss. ``checkpoints``: a folder
+    where the run saves itself every epoch and resumes from when started again (``train.checkpoint_file``)."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model = U.build(variant, **model_kw).to(device)
@@ -197,9 +204,12 @@ def train(data: images.ImageData, variant: str, recipe: Recipe, epochs: int, dev
         m = training.classifier_metrics(model, x_test, y_test, lambda x: batches.normalise(x.float().div(255)))
         return {"train_acc": tally.take(), "test_loss": m["loss"], "test_acc": m["acc"]}
 
+    ckpt = training.checkpoint_file(checkpoints, label or variant, variant=variant, recipe=recipe, epochs=epochs,
+                                    seed=seed, n=(len(data.x_train), len(data.x_test)), fast=fast,
+                                    guard=(diverge_factor, on_diverge), model=sorted(model_kw.items()))
     hist = training.fit(stepper, opt, batches, tally, epochs=epochs, scheduler=sched, scheduler_per="step",
                         device=device, diverge_factor=diverge_factor, on_diverge=on_diverge, progress=False,
-                        evaluate=metrics if evaluate else None, desc=label or variant)
+                        evaluate=metrics if evaluate else None, desc=label or variant, checkpoint=ckpt)
     df = hist.df.reindex(columns=["epoch", "train_loss", "train_acc", "test_loss", "test_acc"])
     curve = (df.groupby("epoch").agg(train_loss=("train_loss", "mean"), train_acc=("train_acc", "last"),
                                      test_loss=("test_loss", "last"), test_acc=("test_acc", "last"))
@@ -222,7 +232,7 @@ class Row:
 
 
 def run_rows(data: images.ImageData, rows: list[Row], seed_list, epochs: int, device, diverge_factor: float,
-             fast="auto") -> dict[str, list[UltimusRun]]:
+             fast="auto", checkpoints: str = "") -> dict[str, list[UltimusRun]]:
     """Every row for every seed: {row key: [runs]}. A guarded row ("stop") whose unguarded twin (same variant,
     recipe, model and seed, "report") never crossed the threshold is that same run, so it is reused, not retrained
     (training is deterministic for a seed); it is retrained only where the guard would have stopped it."""
@@ -237,7 +247,8 @@ def run_rows(data: images.ImageData, rows: list[Row], seed_list, epochs: int, de
                 runs.append(replace(twin[i], label=r.label))
             else:
                 runs.append(train(data, r.variant, r.recipe, epochs, device, seed=sd, label=r.label, fast=fast,
-                                  diverge_factor=diverge_factor, on_diverge=r.on_diverge, **dict(r.model_kw)))
+                                  diverge_factor=diverge_factor, on_diverge=r.on_diverge, checkpoints=checkpoints,
+                                  **dict(r.model_kw)))
         groups[r.key] = runs
     return groups
 

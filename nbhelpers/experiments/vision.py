@@ -19,34 +19,45 @@ from ..models import vision as V
 from ..viz import plots
 
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-SCHEDULES = ("step", "onecycle", "none")
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+SCHEDULES = ("step", "onecycle", "triangle", "none")
+AUGMENTS = ("none", "crop_flip_erase", "flip_translate")
 
 
 @dataclass(frozen=True)
 class Recipe:
+    """How a model is trained. For ``optimizer="sgd"`` (Nesterov), ``lr`` and ``weight_decay`` are in airbench's
+    decoupled form: the learning rate per 1024 examples with the momentum's step gain divided out, and the weight
+    decay per 1024 examples independent of the learning rate (``sgd_groups`` converts them)."""
     name: str
-    optimizer: str = "adam"        # adam | adamw
+    optimizer: str = "adam"        # adam | adamw | sgd
     lr: float = 1e-4
     weight_decay: float = 0.0
-    schedule: str = "step"         # step: StepLR(1, 0.7) per epoch (original) | onecycle: per step | none
+    schedule: str = "step"         # step: StepLR(1, 0.7) per epoch (original) | onecycle | triangle: per step | none
     batch_size: int = 64
     stats: str = "mnist"           # mnist: the original's (0.1307, 0.3081) everywhere | own: per dataset
-    augment: bool = False
+    augment: str = "none"          # none | crop_flip_erase | flip_translate (airbench: flip + 2-px reflect shift)
     label_smoothing: float = 0.0
-    bf16: bool = False             # bfloat16 autocast where it is fast (runtime.bf16_fast: AMX CPU, Ampere+ GPU)
+    amp: bool = False              # mixed precision where the device runs it natively (runtime.amp_for: bf16 on AMX
+                                   # CPUs and Ampere+ GPUs, fp16 with loss scaling on a T4 / V100, else fp32)
     channels_last: bool = False    # NHWC memory layout for the convolutions
-    tta: bool = False              # test-time augmentation: average the logits of each image and its mirror
+    tta: int = 0                   # test-time augmentation at the last epoch: 0 none, 1 mirror, 2 mirror + 1-px shifts
     pct_start: float = 0.2         # one-cycle warm-up fraction
     eval_batch: int = 1000         # test batch (the original's 1000; smaller is faster for wide conv maps on a CPU)
+    momentum: float = 0.9          # sgd only
+    bias_lr_scale: float = 1.0     # sgd only: learning-rate multiplier of the BatchNorm biases
+    lookahead: bool = False        # airbench's EMA of the weights, copied back every 5 steps from epoch 3
+    report: str = "max"            # the run's accuracy: max over epochs (the original's rule) | final (no pick)
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={self.optimizer!r} is not allowed; choose one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r} is not allowed; choose one of {', '.join(SCHEDULES)}")
-        if self.stats not in ("mnist", "own", "half"):
-            raise ValueError(f"stats={self.stats!r} is not allowed; choose mnist, own or half")
+        for field_name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
+                                           ("schedule", self.schedule, SCHEDULES),
+                                           ("stats", self.stats, ("mnist", "own", "half")),
+                                           ("augment", self.augment, AUGMENTS), ("tta", self.tta, (0, 1, 2)),
+                                           ("report", self.report, ("max", "final"))):
+            if value not in allowed:
+                raise ValueError(f"{field_name}={value!r} is not allowed; choose one of "
+                                 f"{', '.join(map(str, allowed))}")
 
 
 ORIGINAL = Recipe("original")
@@ -71,9 +82,18 @@ ORIGINAL_TABLES = {
 TOLERANCE = {"mnist": 0.5, "cifar10": 2.0, "cifar100": 2.0}   # "within noise" of a published number (points)
 FULL_SIZE = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000)}
 TARGETS = {"mnist": 99.5, "cifar10": 93.0, "cifar100": 72.0}   # the repaired recipe's full-profile targets
-REPAIRED = Recipe("repaired", optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="onecycle", batch_size=256,
-                  stats="own", augment=True, label_smoothing=0.1, bf16=True, channels_last=True, tta=True,
-                  eval_batch=250)
+# The repair's recipe: airbench94's (Keller Jordan, cifar10-airbench, airbench94.py) — Nesterov SGD in decoupled
+# form (lr 11.5 and wd 0.0153 per 1024 examples, momentum 0.85, BatchNorm biases at 64x the lr), batch 1024, a
+# triangular schedule (0.2 -> 1 at 23 % -> 0.07), label smoothing 0.2, flip + 2-px translation, the weight EMA from
+# epoch 3, and mirror + shift test-time augmentation; here with mixed precision where native and random (not alternating)
+# flips. The accuracy is the final epoch's: no epoch is picked on the test set.
+REPAIRED = Recipe("repaired", optimizer="sgd", lr=11.5, weight_decay=0.0153, schedule="triangle", batch_size=1024,
+                  stats="own", augment="flip_translate", label_smoothing=0.2, amp=True, channels_last=True, tta=2,
+                  eval_batch=500, momentum=0.85, bias_lr_scale=64.0, lookahead=True, report="final")
+
+
+RULES = {"max": "max over epochs", "final": "final epoch"}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}   # VisionRun.amp -> autocast dtype   # how a run's accuracy is read (VisionRun.acc)
 
 
 def original_acc(size: str, epochs: int, dataset: str, model: str) -> float | None:
@@ -105,13 +125,22 @@ class VisionRun:
     seed: int = 0
     n_train: int = 0
     n_test: int = 0
-    bf16: bool = False
+    amp: str = "fp32"               # the precision it trained in: bf16, fp16 or fp32
     group: str = ""                 # which section of the chapter the run belongs to
     size: str = "small"             # transformer size (models.vision.SIZES; the CNN has one size)
 
     @property
     def max_acc(self) -> float:
         return float(self.curve.test_acc.max()) if len(self.curve) else float("nan")
+
+    @property
+    def acc(self) -> float:
+        """The accuracy the chapter reports: the max over epochs (the original's rule) or, for a recipe with
+        ``report="final"``, the last epoch's, with its test-time augmentation when it has one."""
+        if self.recipe.report == "max" or not len(self.curve):
+            return self.max_acc
+        last = self.curve.iloc[-1]
+        return float(last["tta_acc"]) if "tta_acc" in self.curve and pd.notna(last["tta_acc"]) else float(last.test_acc)
 
 
 def load_datasets(choice, n_train: int = 0, n_test: int = 0):
@@ -133,8 +162,12 @@ def load_datasets(choice, n_train: int = 0, n_test: int = 0):
     return data, missing
 
 
-def augment_for(dataset: str) -> images.Augment:
-    """Crop with 4-pixel padding everywhere; horizontal flips and erasing only where they keep the label."""
+def augment_for(dataset: str, kind: str) -> images.Augment | None:
+    """The recipe's augmentation for one dataset; flips and erasing only where they keep the label (not MNIST)."""
+    if kind == "none":
+        return None
+    if kind == "flip_translate":
+        return images.Augment(crop_padding=2, crop_mode="reflect", flip=dataset != "mnist")
     if dataset == "mnist":
         return images.Augment(crop_padding=2, crop_mode="constant")
     return images.Augment(crop_padding=4, flip=True, erase_size=8, erase_p=0.5)
@@ -155,22 +188,38 @@ class TimedCalls(torch.nn.Module):
         return out
 
 
-class MirrorTTA(torch.nn.Module):
-    """Test-time augmentation: the mean of the logits of each image and of its horizontal mirror."""
+class TTA(torch.nn.Module):
+    """Test-time augmentation (airbench's levels). 1: the mean of the logits of an image and its mirror; 2: half
+    that, half its mean over the two 1-pixel diagonal shifts (reflect-padded). ``mirror=False`` (MNIST) keeps only
+    the shifts."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, level: int, mirror: bool = True):
         super().__init__()
-        self.model = model
+        self.model, self.level, self.mirror = model, level, mirror
+
+    def _views(self, x):
+        return (self.model(x) + self.model(x.flip(-1))) / 2 if self.mirror else self.model(x)
 
     def forward(self, x):
-        return (self.model(x) + self.model(x.flip(-1))) / 2
+        out = self._views(x)
+        if self.level == 2:
+            H, W = x.shape[-2:]
+            p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+            out = (out + (self._views(p[..., :H, :W]) + self._views(p[..., 2:, 2:])) / 2) / 2
+        return out
+
+
+def with_tta(model: torch.nn.Module, recipe: Recipe, dataset: str) -> torch.nn.Module:
+    if not recipe.tta or (recipe.tta == 1 and dataset == "mnist"):
+        return model
+    return TTA(model, recipe.tta, mirror=dataset != "mnist")
 
 
 def accuracy(model, x_uint8: torch.Tensor, y: torch.Tensor, batches: images.DeviceBatches, batch: int = 1000,
-             amp: bool = False) -> float:
-    """Test accuracy on uint8 images, normalised like the training batches."""
+             amp: torch.dtype | None = None) -> float:
+    """Test accuracy on uint8 images, normalised like the training batches (autocast to ``amp`` when given)."""
     return training.classifier_metrics(model, x_uint8, y, lambda xb: batches.normalise(xb.float().div(255)), batch,
-                                       torch.bfloat16 if amp else None)["acc"]
+                                       amp)["acc"]
 
 
 def stats_for(recipe: Recipe, data: images.ImageData) -> tuple:
@@ -183,13 +232,117 @@ def stats_for(recipe: Recipe, data: images.ImageData) -> tuple:
     return images.STATS[data.name]
 
 
+def sgd_groups(model: torch.nn.Module, recipe: Recipe) -> list[dict]:
+    """airbench's decoupled hyperparameters as torch SGD groups for a batch-mean loss (airbench sums the loss,
+    so its per-example learning rate is multiplied by the batch here). Every group loses the same fraction of its
+    weights per step; the BatchNorm biases learn ``bias_lr_scale`` times faster."""
+    gain = 1024 * (1 + 1 / (1 - recipe.momentum))          # Nesterov's steady-state step gain, per 1024 examples
+    lr = recipe.lr / gain * recipe.batch_size
+    decay = recipe.weight_decay * recipe.batch_size / gain   # fraction of each weight removed per step
+    bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    biases = [p for p in model.parameters() if p.requires_grad and id(p) in bn]
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in bn]
+    groups = [dict(params=others, lr=lr, weight_decay=decay / lr)]
+    if biases:
+        fast = lr * recipe.bias_lr_scale
+        groups.append(dict(params=biases, lr=fast, weight_decay=decay / fast))
+    return groups
+
+
+def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(sgd_groups(model, recipe), momentum=recipe.momentum, nesterov=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return OPTIMIZERS[recipe.optimizer](params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def make_schedule(opt: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
+    """(scheduler, 'step' | 'epoch') for the recipe; (None, 'step') for no schedule."""
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total_steps,
+                                                   pct_start=recipe.pct_start), "step"
+    if recipe.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7), "epoch"
+    if recipe.schedule == "triangle":   # airbench: 0.2 -> 1 at 23 % of the steps -> 0.07 at the end, linear
+        xp = [0, int(0.23 * total_steps), total_steps]
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: float(np.interp(i, xp, [0.2, 1.0, 0.07]))), "step"
+    return None, "step"
+
+
+class StepHooks:
+    """A run's ``on_step``: counts steps, trains the whitening bias (when the model has one) only before
+    ``freeze_at`` steps, then calls the other callbacks; its state goes into a ``train.fit`` checkpoint."""
+
+    def __init__(self, whiten_bias, freeze_at: int, callbacks):
+        self.whiten_bias, self.freeze_at, self.step = whiten_bias, freeze_at, 0
+        self.callbacks = [c for c in callbacks if c is not None]
+
+    def __call__(self, step: int, model: torch.nn.Module) -> None:
+        self.step = step
+        if self.whiten_bias is not None:
+            self.whiten_bias.requires_grad_(step < self.freeze_at)
+        for c in self.callbacks:
+            c(step, model)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "callbacks": [c.state_dict() if hasattr(c, "state_dict") else None
+                                                 for c in self.callbacks]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        if self.whiten_bias is not None:
+            self.whiten_bias.requires_grad_(self.step < self.freeze_at)
+        for c, s in zip(self.callbacks, state["callbacks"]):
+            if s is not None:
+                c.load_state_dict(s)
+
+
+class Lookahead:
+    """airbench's weight EMA as an ``on_step`` callback: from ``start_epoch`` on, every ``every`` steps the EMA
+    moves toward the weights (decay 0.95^every × (progress)^3, so it averages harder as training ends) and the
+    weights are set to it; at each epoch's end the weights are set to the EMA again. BatchNorm running statistics
+    are averaged too, as in the original."""
+
+    def __init__(self, steps_per_epoch: int, total_steps: int, start_epoch: int = 3, every: int = 5,
+                 base: float = 0.95, power: float = 3.0):
+        self.spe, self.total, self.start, self.every, self.base, self.power = \
+            steps_per_epoch, total_steps, start_epoch, every, base, power
+        self.ema: dict | None = None
+
+    def __call__(self, step: int, model: torch.nn.Module) -> None:
+        state = model.state_dict()
+        floats = [k for k, v in state.items() if v.is_floating_point()]
+        if (step - 1) // self.spe >= self.start and step % self.every == 0:
+            if self.ema is None:
+                self.ema = {k: state[k].detach().clone() for k in floats}
+            else:
+                rho = self.base ** self.every * (step / self.total) ** self.power
+                for k in floats:
+                    self.ema[k].lerp_(state[k], 1 - rho)
+                    state[k].copy_(self.ema[k])
+        if self.ema is not None and step % self.spe == 0:
+            for k in floats:
+                state[k].copy_(self.ema[k])
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema = state["ema"]
+
+
 def train_model(data: images.ImageData, model_name: str, recipe: Recipe, epochs: int, device, seed: int = 0,
                 bug_compatible: bool = True, scaled: bool = True, label: str | None = None,
-                progress: bool = False, **dims) -> VisionRun:
-    """Train one model with one recipe; test accuracy after every epoch (max over epochs, as the original).
+                progress: bool = False, on_step=None, checkpoints: str = "", **dims) -> VisionRun:
+    """Train one model with one recipe; test accuracy after every epoch, and with the recipe's test-time
+    augmentation after the last one.
 
     The curve also records each epoch's training seconds (test pass excluded) and the original-style timing: the
-    mean over every 1000-image test batch of every epoch of an unsynchronised ``model(data)`` call."""
+    mean over every 1000-image test batch of every epoch of an unsynchronised ``model(data)`` call. A model with
+    ``init_whitening`` (the repaired family) has its whitening filters set from the first 5,000 training images,
+    and its whitening bias trains for the first 3 epochs only (airbench). ``on_step(step, model)`` is called after
+    every optimiser step (e.g. ``train.Snapshots``). ``checkpoints``: a folder where the run saves itself every
+    epoch and resumes from when started again (``train.checkpoint_file``)."""
     torch.manual_seed(seed)
     device = torch.device(device)
     model = V.build(model_name, data.shape, data.num_classes, bug_compatible=bug_compatible, **dims).to(device)
@@ -199,52 +352,60 @@ def train_model(data: images.ImageData, model_name: str, recipe: Recipe, epochs:
         model = model.to(memory_format=torch.channels_last)
     stats = stats_for(recipe, data)
     train = images.DeviceBatches(data.x_train, data.y_train, recipe.batch_size, device, stats,
-                                 augment_for(data.name) if recipe.augment else None, seed=seed)
+                                 augment_for(data.name, recipe.augment), seed=seed)
+    if hasattr(model, "init_whitening"):
+        model.init_whitening(train.normalise(images.as_nchw(data.x_train[:5000], device).float().div(255)))
     x_test = images.as_nchw(data.x_test, device)
     y_test = torch.as_tensor(data.y_test).to(device)
-    opt = OPTIMIZERS[recipe.optimizer](model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    if recipe.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=epochs * len(train),
-                                                    pct_start=recipe.pct_start)
-        per = "step"
-    elif recipe.schedule == "step":
-        sched, per = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7), "epoch"
-    else:
-        sched, per = None, "step"
-    amp = recipe.bf16 and runtime.bf16_fast(device)
+    total = epochs * len(train)
+    opt = make_optimizer(model, recipe)
+    sched, per = make_schedule(opt, recipe, total)
+    amp = runtime.amp_for(device) if recipe.amp else None
     call_ms: list = []
-    timed = TimedCalls(MirrorTTA(model) if recipe.tta and data.name != "mnist" else model, call_ms)
+    timed = TimedCalls(model, call_ms)
+    tta = with_tta(model, recipe, data.name) if recipe.tta else None
+    hooks = StepHooks(getattr(getattr(model, "whiten", None), "bias", None), 3 * len(train),
+                      [Lookahead(len(train), total) if recipe.lookahead else None, on_step])
 
     def evaluate(m):
         t0 = time.perf_counter()
-        acc = accuracy(timed, x_test, y_test, train, batch=recipe.eval_batch, amp=amp)
-        return {"test_acc": acc, "eval_start": t0, "eval_s": time.perf_counter() - t0}
+        row = {"test_acc": accuracy(timed, x_test, y_test, train, batch=recipe.eval_batch, amp=amp)}
+        if tta is not None and hooks.step == total:
+            row["tta_acc"] = accuracy(tta, x_test, y_test, train, batch=recipe.eval_batch, amp=amp)
+        return {**row, "eval_start": t0, "eval_s": time.perf_counter() - t0}
+
+    ckpt = training.checkpoint_file(checkpoints, label or model_name, dataset=data.name, model=model_name,
+                                    recipe=recipe, epochs=epochs, seed=seed, bug=bug_compatible, scaled=scaled,
+                                    n=(len(data.x_train), len(data.x_test)), dims=sorted(dims.items()))
 
     t_start = time.perf_counter()
     hist = training.fit(
         model, opt, train, lambda out, y: F.cross_entropy(out.float(), y, label_smoothing=recipe.label_smoothing),
         epochs=epochs, scheduler=sched, scheduler_per=per, device=device, diverge_factor=50,
-        amp_dtype=torch.bfloat16 if amp else None, progress=progress, desc=f"{model_name} {data.name}",
-        evaluate=evaluate)
+        amp_dtype=amp, progress=progress, desc=f"{model_name} {data.name}", evaluate=evaluate, on_step=hooks,
+        checkpoint=ckpt)
     df = hist.df
-    curve = (df.groupby("epoch").agg(train_loss=("train_loss", "mean"), test_acc=("test_acc", "last"),
-                                     eval_start=("eval_start", "last"), eval_s=("eval_s", "last"))
-             .reset_index().assign(epoch=lambda d: d.epoch + 1))
+    agg = dict(train_loss=("train_loss", "mean"), test_acc=("test_acc", "last"), eval_start=("eval_start", "last"),
+               eval_s=("eval_s", "last"))
+    if "tta_acc" in df:
+        agg["tta_acc"] = ("tta_acc", "last")
+    curve = df.groupby("epoch").agg(**agg).reset_index().assign(epoch=lambda d: d.epoch + 1)
     ends = curve.eval_start.to_numpy()
     starts = np.concatenate([[t_start], ends[:-1] + curve.eval_s.to_numpy()[:-1]])
     curve = curve.assign(train_s=ends - starts).drop(columns=["eval_start"])
     timing = {"ms_unsynced_original": float(np.mean(call_ms))} if call_ms else {}
     return VisionRun(label or model_name, data.name, model_name, recipe, V.count_params(model),
                      V.num_tokens(model, data.shape), hist, curve, model, timing=timing, seed=seed,
-                     n_train=len(data.x_train), n_test=len(data.x_test), bf16=amp)
+                     n_train=len(data.x_train), n_test=len(data.x_test),
+                     amp=next(k for k, v in AMP_DTYPES.items() if v == amp))
 
 
-def inference_ms(model, x: torch.Tensor, warmup: int = 2, reps: int = 5, amp: bool = False) -> float:
+def inference_ms(model, x: torch.Tensor, warmup: int = 2, reps: int = 5, amp: torch.dtype | None = None) -> float:
     """Honest ms per 1000 images: warmed up, synchronised, median of ``reps`` calls on one batch."""
     model.eval()
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     times = []
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
         for i in range(warmup + reps):
             sync()
             t0 = time.perf_counter()
@@ -257,12 +418,12 @@ def inference_ms(model, x: torch.Tensor, warmup: int = 2, reps: int = 5, amp: bo
 
 
 def time_runs(runs: list[VisionRun], data_by_name: dict, device, n: int = 1000, reps: int = 5) -> None:
-    """Adds ``ms_per_1000`` (honest) to each run's timing, measured as the run was evaluated (bf16, mirror TTA)."""
+    """Adds ``ms_per_1000`` (honest) to each run's timing, measured as the run was evaluated (precision, TTA)."""
     for r in runs:
         d = data_by_name[r.dataset]
         x = images.as_nchw(d.x_test[:n], device).float().div(255)
-        m = MirrorTTA(r.model) if r.recipe.tta and r.dataset != "mnist" else r.model
-        r.timing["ms_per_1000"] = inference_ms(m, x, reps=reps, amp=r.bf16)
+        m = with_tta(r.model, r.recipe, r.dataset)
+        r.timing["ms_per_1000"] = inference_ms(m, x, reps=reps, amp=AMP_DTYPES[r.amp])
 
 
 # what the original's tables printed: its hybrid counts were taken with a 100-class head on every dataset
@@ -304,9 +465,10 @@ class Spec:
         return self.label or self.model
 
 
-def run_specs(datasets: dict, specs, seed_list, device, progress: bool = True) -> list[VisionRun]:
+def run_specs(datasets: dict, specs, seed_list, device, progress: bool = True,
+              checkpoints: str = "") -> list[VisionRun]:
     """Every spec on every dataset for every seed (data absent from ``datasets`` is skipped)."""
-    from tqdm.std import tqdm
+    from ..train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
 
     jobs = [(sp, d, s) for sp in specs for d in datasets for s in seed_list if sp.epochs > 0]
     out = []
@@ -317,7 +479,7 @@ def run_specs(datasets: dict, specs, seed_list, device, progress: bool = True) -
             patch = 4 if sp.patch == "fine" else data.shape[0] // 4
         kw = {"patch_size": patch} if patch else {}
         r = train_model(data, sp.model, sp.recipe, sp.epochs, device, seed=seed, bug_compatible=sp.bug_compatible,
-                        scaled=sp.scaled, label=sp.name(), **kw, **sp.dims())
+                        scaled=sp.scaled, label=sp.name(), checkpoints=checkpoints, **kw, **sp.dims())
         r.group, r.size = sp.group, sp.size
         out.append(r)
     return out
@@ -326,7 +488,7 @@ def run_specs(datasets: dict, specs, seed_list, device, progress: bool = True) -
 def size_label(r: VisionRun) -> str:
     """Transformer width·depth of a run ('—' for the networks without a ViT)."""
     if r.model_name == "convformer":
-        return "256·2"
+        return "192·1"
     if r.model_name in ("cnn", "convnet"):
         return "—"
     if r.model_name == "stripvit" or r.size == "sqrt_d":
@@ -354,11 +516,12 @@ def comparable(r: VisionRun) -> bool:
 
 
 def results_table(runs: list[VisionRun], missing: dict | None = None) -> pd.DataFrame:
-    """One row per (section, model, size, epochs, dataset): max test accuracy mean ± sd over seeds, and — only when
+    """One row per (section, model, size, epochs, dataset): test accuracy mean ± sd over seeds (``rule``: max over
+    epochs as the original, or the final epoch's for the repaired recipe), and — only when
     the run is the original's own size, data and epochs — the original's number with a computed verdict."""
     rows = []
     for (group, label, size, epochs, dataset, n_train, n_test), rs in grouped(runs).items():
-        accs = [100 * r.max_acc for r in rs]
+        accs = [100 * r.acc for r in rs]
         r0 = rs[0]
         orig = original_acc(size, epochs, dataset, r0.model_name) if comparable(r0) else None
         w = seeds.within(accs, orig, TOLERANCE[dataset]) if orig is not None else None
@@ -366,7 +529,7 @@ def results_table(runs: list[VisionRun], missing: dict | None = None) -> pd.Data
             "section": group, "dataset": dataset, "model": label,
             "width·depth": size_label(r0),
             "params": r0.params, "tokens": r0.tokens if r0.tokens is not None else "—", "epochs": epochs,
-            "train imgs": n_train, "seeds": len(rs), "max test acc %": seeds.pm(accs),
+            "train imgs": n_train, "seeds": len(rs), "test acc %": seeds.pm(accs), "rule": RULES[rs[0].recipe.report],
             "original %": orig if orig is not None else np.nan,
             "vs original": seeds.within_word(w) if w else "— (not the original's size/data/epochs)",
             "ms / 1000 img": float(np.mean([r.timing.get("ms_per_1000", np.nan) for r in rs])),
@@ -381,7 +544,7 @@ def results_table(runs: list[VisionRun], missing: dict | None = None) -> pd.Data
 
 def accs(runs: list[VisionRun], **match) -> list[float]:
     """Max test accuracies (%) of the runs whose attributes equal ``match`` (e.g. group=, dataset=, label=)."""
-    return [100 * r.max_acc for r in runs if all(getattr(r, k) == v for k, v in match.items())]
+    return [100 * r.acc for r in runs if all(getattr(r, k) == v for k, v in match.items())]
 
 
 def like_for_like_verdict(runs: list[VisionRun]) -> str:
@@ -392,17 +555,17 @@ def like_for_like_verdict(runs: list[VisionRun]) -> str:
         used = ", ".join(f"{n:,} {images.TITLES.get(d, d)}" for d, n in sizes) or "no faithful runs"
         return (f"none of this run's rows can be set beside the original's numbers: they train on {used} "
                 f"training images, while the originals used the whole training sets")
-    ok = sum(seeds.within([100 * r.max_acc for r in rs],
+    ok = sum(seeds.within([100 * r.acc for r in rs],
                           original_acc(k[2], k[3], k[4], rs[0].model_name), TOLERANCE[k[4]])["ok"] for k, rs in rows)
     return f"{ok} of the {len(rows)} rows run at the original's own size, data and epochs are within noise of it"
 
 
 def best_model(runs: list[VisionRun], group: str, dataset: str) -> str:
-    """The model with the highest mean max accuracy in one section on one dataset."""
+    """The model with the highest mean accuracy (``VisionRun.acc``) in one section on one dataset."""
     means = {}
     for r in runs:
         if r.group == group and r.dataset == dataset:
-            means.setdefault(r.label, []).append(100 * r.max_acc)
+            means.setdefault(r.label, []).append(100 * r.acc)
     if not means:
         return "—"
     return max(means, key=lambda k: np.mean(means[k]))
@@ -440,7 +603,7 @@ def scale_like_for_like(runs: list[VisionRun]) -> str:
                 f"original used 60,000 and 50)")
     parts = []
     for word in ("with", "without"):
-        values = [100 * r.max_acc for r in strip if r.label.endswith(f"{word} 1/√d")]
+        values = [100 * r.acc for r in strip if r.label.endswith(f"{word} 1/√d")]
         w = seeds.within(values, ORIGINAL_SCALE[word], TOLERANCE["mnist"])
         parts.append(f"{word} the scale {seeds.pm(values)} % against {ORIGINAL_SCALE[word]} %, {seeds.within_word(w)}")
     return "; ".join(parts)
@@ -456,7 +619,7 @@ def recipe_sentence(runs: list[VisionRun]) -> str:
                   and (r.recipe == ORIGINAL if recipe else r.recipe != ORIGINAL)]
             by_epochs: dict = {}
             for r in rs:
-                by_epochs.setdefault(len(r.curve), []).append(100 * r.max_acc)
+                by_epochs.setdefault(len(r.curve), []).append(100 * r.acc)
             for ep, v in sorted(by_epochs.items()):
                 bits.append(f"{seeds.pm(v)} % with the {'original' if recipe else 'repaired'} recipe after {ep} "
                             f"epoch{'s' if ep > 1 else ''}")
@@ -469,7 +632,7 @@ def glue_headlines(res, runs: list[VisionRun]) -> None:
     anchor_vit_<d>: the original's table-1 number only where this run is its own size, data and epochs."""
     for d in FULL_SIZE:
         t1 = [r for r in runs if r.group == "table 1" and r.model_name == "vit" and r.dataset == d]
-        res.glue(f"faithful_vit_{d}", seeds.pm([100 * r.max_acc for r in t1]))       # '—' when not trained
+        res.glue(f"faithful_vit_{d}", seeds.pm([100 * r.acc for r in t1]))       # '—' when not trained
         res.glue(f"anchor_vit_{d}", f"{original_acc('small', len(t1[0].curve), d, 'vit'):.2f}"
                  if t1 and comparable(t1[0]) else "not comparable at this profile" if t1 else "—")
         res.glue(f"repaired_{d}", seeds.pm(accs(runs, group="repaired", model_name="convformer", dataset=d)))
@@ -481,7 +644,7 @@ def param_count(model: str, dataset: str = "cifar10") -> int:
 
 
 def target_sentence(runs: list[VisionRun], label: str) -> str:
-    """Per dataset: the repaired model's mean max accuracy against the full-profile target."""
+    """Per dataset: the repaired model's mean accuracy (final epoch, with TTA) against the full-profile target."""
     parts = []
     for d in dict.fromkeys(r.dataset for r in runs if r.label == label):
         values = accs(runs, label=label, dataset=d)

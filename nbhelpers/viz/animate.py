@@ -94,3 +94,25 @@ def surface_gif(surfaces, titles, extent, path, X=None, y=None, classification: 
         title.set_text(titles[i])
 
     return write_gif(render(fig, update, len(surfaces)), path, fps=fps, **kw)
+
+
+def show(paths: dict, width: int = 360):
+    """What a GIF-writing cell displays. In the book (the runner sets ``NBHELPERS_BOOK=1``) a list of file sizes:
+    the page's markdown shows the GIFs from their files. Anywhere else (Colab, Jupyter, plain papermill) the GIFs
+    themselves, embedded in the output, because there the markdown cannot reach files the kernel wrote."""
+    import base64
+    import html
+
+    from ..book import BOOK_ENV
+
+    sizes = {name: f"{Path(p).stat().st_size / 1e6:.2f} MB" for name, p in paths.items()}
+    if os.environ.get(BOOK_ENV) == "1":
+        return sizes
+    from IPython.display import HTML
+
+    figures = "".join(
+        f'<figure style="display:inline-block;margin:4px;text-align:center">'
+        f'<img src="data:image/gif;base64,{base64.b64encode(Path(p).read_bytes()).decode()}" width="{width}" '
+        f'alt="{html.escape(str(name))}"><figcaption>{html.escape(str(name))} · {sizes[name]}</figcaption></figure>'
+        for name, p in paths.items())
+    return HTML(f"<div>{figures}</div>")
