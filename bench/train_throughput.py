@@ -2,7 +2,7 @@
 
 Original: a torchvision-style dataset (PIL image -> ToTensor -> Normalize per sample) behind a DataLoader, batch 64,
 Adam 1e-4. Ours: the whole uint8 dataset resident on the device (nbhelpers.data.images.DeviceBatches), batched
-conversion/normalisation on the device — at the same batch 64, and with the repaired recipe's batch 256 (+ bf16
+conversion/normalisation on the device — at the same batch 64, and at batch 256 (+ bf16
 autocast on a GPU). Prints images/s per model and the ratio against the original pipeline.
 
     python bench/train_throughput.py                       # MNIST, cnn/vit/hybrid, auto device
