@@ -434,6 +434,13 @@ def pin_book_ref(nb, commit: str | None) -> None:
             cell.source = cell.source.replace('BOOK_REF = "main"', f'BOOK_REF = "{commit}"')
 
 
+def _unpinned(cell) -> str:
+    """A code cell's source with the set-up cell's BOOK_REF line left out (pin_book_ref rewrites it)."""
+    if "colab-setup" not in cell.metadata.get("tags", []):
+        return cell.source
+    return "\n".join(line for line in cell.source.splitlines() if not line.startswith("BOOK_REF ="))
+
+
 def header_cell(metrics: dict, wall_s: float):
     import nbformat
 
@@ -538,7 +545,7 @@ def refresh_prose(ch: Chapter, stage: Path) -> bool:
         elif c.cell_type == "code":
             groups.append([c])
     code = [c for c in src.cells if c.cell_type == "code"]
-    if len(groups) != len(code) or any(g[0].source != c.source for g, c in zip(groups, code)):
+    if len(groups) != len(code) or any(_unpinned(g[0]) != _unpinned(c) for g, c in zip(groups, code)):
         return False
 
     def prose(cells):

@@ -256,3 +256,21 @@ def test_key_covers_each_input_and_not_the_prose(executed_once, tmp_path, monkey
     monkeypatch.undo()
     monkeypatch.setattr(book.importlib.metadata, "version", lambda name: "0.0" if name == "torch" else "1")
     assert key_now() != key
+
+
+def test_a_pinned_set_up_cell_still_pairs_with_its_source(tmp_path):
+    """The runner writes the commit into the executed copy's set-up cell; that must not force a re-execution."""
+    setup = 'BOOK_REF = "main"\nimport sys'
+    src = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(setup, metadata={"tags": ["colab-setup"]}),
+                                          nbformat.v4.new_markdown_cell("new prose")])
+    done = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(setup, metadata={"tags": ["colab-setup"]}),
+                                           nbformat.v4.new_markdown_cell("old prose")])
+    book.pin_book_ref(done, "0123abc")
+    assert 'BOOK_REF = "0123abc"' in done.cells[0].source
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(src, tmp_path / "x.ipynb")
+    nbformat.write(done, tmp_path / "notebooks" / "x.ipynb")
+    ch = book.Chapter("x", tmp_path / "x.ipynb", {})
+    assert book.refresh_prose(ch, tmp_path)
+    refreshed = nbformat.read(tmp_path / "notebooks" / "x.ipynb", 4)
+    assert refreshed.cells[1].source == "new prose" and 'BOOK_REF = "0123abc"' in refreshed.cells[0].source
