@@ -54,7 +54,8 @@ KEY_SUFFIX = ".inputs.json"  # the input_key an executed copy came from, beside 
 PACKAGE = Path(__file__).resolve().parent  # nbhelpers: every file of it is an input of every chapter
 VERSIONED = ("torch", "torchvision", "numpy")  # besides Python, the versions in the key
 LOCK_NAME = ".runner.lock"
-GENERATED_PAGES = ("book/results", "book/parameters")  # written into the staging tree by the runner
+GENERATED_PAGES = ("book/results", "book/parameters", "book/compute")  # written into the staging tree by the runner
+COMPUTE_DATA = "book/compute.yml"  # the measured cost of every chapter per profile (one data file)
 
 
 class RunnerError(Exception):
@@ -413,6 +414,50 @@ def results_page(root: Path, stage: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "—"
+    seconds = float(seconds)
+    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.0f} min"
+
+
+def compute_page(root: Path, stage: Path) -> str:
+    """'What it costs': what each chapter of *this* book cost (profile, device, machine and wall time, read from the
+    run headers in the executed chapters' metrics JSON) beside the measured cost of every profile
+    (``book/compute.yml``, the one data file the chapters' opening lines are also written from)."""
+    costs = read_yaml(root / COMPUTE_DATA)[0] or {}
+    out = ["# What it costs", "",
+           "How long each chapter took to produce **this** book, read by the runner from the run headers of the "
+           "executed chapters (the notebook's own clock, from its first cell to its last), and what a rerun costs "
+           "under each profile. The 2-core CPU figures are measured on this repository's CI machine with the runner "
+           "(`make chapter NB=NN PROFILE=...`); the Colab T4 figures are derived from them and the GPU estimates, "
+           "not measured. Every figure lives in one data file, `book/compute.yml`; each chapter's opening line is "
+           "written from the same file.", "",
+           "## This book", "",
+           "| chapter | profile | device | machine | wall time | torch |", "|---|---|---|---|---|---|"]
+    chapters = [c["file"].split("/", 1)[1] for part in load_toc(root).get("parts", []) for c in part["chapters"]
+                if c["file"].startswith("notebooks/")]
+    total = 0.0
+    for stem in chapters:
+        path = stage / "notebooks" / f"{stem}{METRICS_SUFFIX}"
+        run = (json.loads(path.read_text()).get("run") or {}) if path.exists() else None
+        if run is None:
+            out.append(f"| {stem} | not run | | | | |")
+            continue
+        total += float(run.get("wall_s") or 0)
+        out.append(f"| [{stem}](../notebooks/{stem}.ipynb) | {run.get('profile', '—')} | {run.get('device', '—')} | "
+                   f"{run.get('machine', '—')} | {_duration(run.get('wall_s'))} | "
+                   f"{(run.get('versions') or {}).get('torch', '—')} |")
+    out += [f"| **all chapters** | | | | **{_duration(total)}** | |", "",
+            "## Every profile", "",
+            "| chapter | profile | 2-core CPU (measured) | Colab T4 (derived) |", "|---|---|---|---|"]
+    for stem in chapters:
+        for profile in PROFILES:
+            c = (costs.get(stem) or {}).get(profile) or {}
+            out.append(f"| {stem} | {profile} | {c.get('cpu', '—')} | {c.get('t4', '—')} |")
+    return "\n".join(out) + "\n"
+
+
 def write_toc(root: Path, stage: Path) -> None:
     """The staged _toc.yml: the repository's, minus chapters that have no executed copy yet."""
     toc = load_toc(root)
@@ -663,6 +708,7 @@ def main(argv=None) -> int:
             load_profile(root, name)
         load_toc(root)
         read_yaml(root / "book" / "headlines.yml")  # the results page reads it after the chapters ran
+        read_yaml(root / COMPUTE_DATA)               # and the compute page this one
         chapters = [] if args.build_only else plan(root, args.profile, args.only, overrides)
     except RunnerError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -688,6 +734,9 @@ def _run(root: Path, out: Path, args, chapters: list[Chapter]) -> int:
     stage_sources(root, stage)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     os.environ[BOOK_ENV] = "1"
+    # figures must reach the page: matplotlib's inline backend, whatever the caller's MPLBACKEND (CI sets Agg,
+    # under which a kernel shows no figure at all)
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     for k, v in KERNEL_MALLOC.items():  # the kernels inherit these
         os.environ.setdefault(k, v)
 
@@ -713,6 +762,7 @@ def _run(root: Path, out: Path, args, chapters: list[Chapter]) -> int:
     if not failed and not args.no_build:
         write_toc(root, stage)
         (stage / "book" / "results.md").write_text(results_page(root, stage))
+        (stage / "book" / "compute.md").write_text(compute_page(root, stage))
         try:
             index = build_html(stage, out)
         except RuntimeError as e:

@@ -125,8 +125,14 @@ class Run:
                 by.setdefault(origin, []).append(name)
         return line + "".join(f"\n  {origin}: {', '.join(names)}" for origin, names in by.items())
 
+    def machine(self) -> str:
+        """The hardware in words, for the book's compute page: the GPU's name, or the CPU's core count."""
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return f"{os.cpu_count()} CPU cores" + (" (Apple GPU)" if self.device.type == "mps" else "")
+
     def as_dict(self) -> dict:
-        return {"profile": self.profile, "seed": self.seed, "device": self.device.type,
+        return {"profile": self.profile, "seed": self.seed, "device": self.device.type, "machine": self.machine(),
                 "versions": self.versions, "wall_s": round(self.wall_s, 2), "origins": self.origins}
 
 

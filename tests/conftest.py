@@ -36,3 +36,12 @@ def synthetic_images(name="cifar100", n=40, side=8, channels=3, classes=100):
                             np.arange(n, dtype=np.int64) % classes,
                             rng.integers(0, 256, (n // 2, side, side, channels), dtype=np.uint8),
                             np.arange(n // 2, dtype=np.int64) % classes, [f"c{i}" for i in range(classes)])
+
+
+def gif_frames(path):
+    """Every frame of a GIF as the browser shows it (composited over the previous ones): (n, H, W, 3) uint8.
+    The book's GIFs draw each frame over the last with unchanged pixels transparent (``animate.encode_gif``)."""
+    import numpy as np
+    from PIL import Image, ImageSequence
+
+    return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(path))])

@@ -1,6 +1,5 @@
 """Chapter 5: the variant registry, sort/permute semantics, every variant's forward/backward, the region counts and
 the run bookkeeping (steps to fit, divergence recorded instead of a crash)."""
-import imageio.v3 as iio
 import matplotlib
 import numpy as np
 import pytest
@@ -8,6 +7,7 @@ import torch
 
 matplotlib.use("Agg")
 
+from conftest import gif_frames  # noqa: E402
 from nbhelpers import runtime  # noqa: E402
 from nbhelpers.data import moons  # noqa: E402
 from nbhelpers.experiments import activations as ex  # noqa: E402
@@ -146,12 +146,12 @@ def test_sgn_trains_only_its_output_layer(data):
 def test_gifs_stay_under_the_byte_bound_by_dropping_frames(data, tmp_path):
     runs = {("tan_tan", 0): ex.train_one(data, "tan_tan", 0, steps=20, frames=12)}
     full = ex.write_gifs(runs, data, tmp_path / "a", seed=0)["tan_tan"]
-    assert len(iio.imread(full, index=None)) == 12
+    assert len(gif_frames(full)) == 12
     bound = full.stat().st_size // 2
     path = ex.write_gifs(runs, data, tmp_path / "b", seed=0, max_bytes=bound)["tan_tan"]
-    frames = iio.imread(path, index=None)
+    frames = gif_frames(path)
     assert path.name == "tan_tan.gif" and path.stat().st_size <= bound
-    assert 2 <= len(frames) < 12 and frames.shape[1:] == iio.imread(full, index=None).shape[1:]  # same resolution
+    assert 2 <= len(frames) < 12 and frames.shape[1:] == gif_frames(full).shape[1:]  # same resolution
     assert ex.write_gifs(runs, data, tmp_path, seed=1) == {}  # only the seed that recorded frames
 
 

@@ -38,4 +38,4 @@ if importlib.util.find_spec("nbhelpers") is None:
                     f"nbhelpers @ git+{REPO_URL}@{{BOOK_REF}}"], check=True)
     importlib.invalidate_caches()
     import nbhelpers  # noqa: F401  (raises now, not ten cells later, if the install did not work)
-''', ["colab-setup"])
+''', ["colab-setup", "remove-cell"])  # hidden in the book (remove-cell), kept in the notebook

@@ -747,7 +747,7 @@ def write_gifs(runs: dict, data: dict, folder, seed: int, fps: float = 12,
 
     Frames are drawn as the original's filled contours (``plots.bands``) with the training points, titled with the
     step and the training loss; a diverged run ends on the state the guard stopped on. A GIF above ``max_bytes`` is
-    written again from fewer, evenly spaced frames (rather than at a lower resolution).
+    written again from fewer, evenly spaced frames, never at a lower resolution (``animate.write_gif``).
     """
     folder, out = Path(folder), {}
     w, h = data["extent"][1] - data["extent"][0], data["extent"][3] - data["extent"][2]
@@ -762,16 +762,6 @@ def write_gifs(runs: dict, data: dict, folder, seed: int, fps: float = 12,
             titles.append(f"{label} · step {step}" + (f" · loss {value:.3g}" if np.isfinite(value) else
                                                        " · loss NaN: diverged"))
         frames = [plots.bands(f) for f in r.snapshots.frames]
-        n = min(len(frames), animate.MAX_FRAMES)
-        while True:
-            path = animate.surface_gif(frames, titles, data["extent"], folder / f"{v}.gif", data["X"], data["y"],
-                                       fps=fps, size=(3.8, 3.8 * h / w + 0.45), max_frames=n,
-                                       max_bytes=max(max_bytes, 50 * 2**20))
-            size = path.stat().st_size
-            if size <= max_bytes or n <= 2:
-                break
-            n = max(2, int(n * 0.9 * max_bytes / size))
-        if size > max_bytes:
-            raise ValueError(f"{path}: {size} bytes even with {n} frames (limit {max_bytes})")
-        out[v] = path
+        out[v] = animate.surface_gif(frames, titles, data["extent"], folder / f"{v}.gif", data["X"], data["y"],
+                                     fps=fps, size=(3.8, 3.8 * h / w + 0.45), max_bytes=max_bytes)
     return out
