@@ -346,6 +346,15 @@ def fit(
     return hist
 
 
+def even_steps(total: int, frames: int) -> list[int]:
+    """``frames`` optimiser-step counts evenly spaced from 0 (before training) to ``total`` (the end), both kept,
+    duplicates dropped: a run of fewer than ``frames`` steps gives every step. ``Snapshots(probe, even_steps(...))``
+    then ``snapshots.start(model)`` records them all."""
+    if frames < 1 or total < 0:
+        raise ValueError(f"even_steps needs frames >= 1 and total >= 0, got frames={frames}, total={total}")
+    return sorted({int(round(s)) for s in np.linspace(0, total, frames)})
+
+
 class Snapshots:
     """An ``on_step`` callback that records ``probe(model)`` (e.g. outputs on a plot grid) at chosen steps.
 
@@ -369,6 +378,12 @@ class Snapshots:
     def __call__(self, step: int, model: torch.nn.Module) -> None:
         if step in self.steps:
             self.record(step, model)
+
+    def start(self, model: torch.nn.Module) -> None:
+        """Record step 0 (the untrained model) when it is one of ``steps`` and nothing is recorded yet: call it
+        just before ``fit``. A run that resumes from a checkpoint gets the saved frames back over it."""
+        if 0 in self.steps and not self.at:
+            self.record(0, model)
 
     def state_dict(self) -> dict:
         """The frames so far (``fit(checkpoint=...)`` saves them, so a resumed run's GIF is complete)."""

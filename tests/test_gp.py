@@ -385,3 +385,37 @@ def test_head_majority_is_the_originals_vote():
     w[2, 9, :9] = np.arange(9)[::-1]    # one head disagrees: 0, 1, 2, 3, 4
     top = gpx.head_majority(w, 9, k=5, top=3)
     assert top[0] == 4 and set(top[1:]) <= {5, 6, 7, 8}  # 4 is in all three heads' top 5
+
+
+def test_training_gif_frames_leave_training_unchanged_and_survive_forked_workers(tmp_path):
+    """The rollout snapshots of the first seed's faithful and repaired rows: the same histories and weights as a
+    run without them (bit for bit), the expected frames (step 0 to the last), none elsewhere; the GIF is written."""
+    from PIL import Image
+
+    from nbhelpers import runtime, train
+
+    cfg = gpx.Config(n_points=24, context=3, context_p=3, pool=6, embed=32, width=16, layers=1, steps=6, evals=2)
+    tr, va = gp.make_pairs(40, 24, seed=0), gp.make_pairs(10, 24, seed=1)
+    test = gp.inference_layout(gp.make_pairs(6, 24, seed=2), 3, 6, seed=2)
+    pick = gpx.example_pair(test)
+    snap = gpx.snap_spec(test, pick, 3, seed=0)
+    keys = ["faithful", "repaired"]
+    with runtime.threads(1):
+        off = gpx.train_rows(keys, tr, va, cfg, [0, 1], progress=False)
+        on = gpx.train_rows(keys, tr, va, cfg, [0, 1], progress=False, workers=2, snap=snap)
+    for s in (0, 1):
+        for k in keys:
+            pd.testing.assert_frame_equal(on[s][k].history.df, off[s][k].history.df, check_exact=True)
+            a, b = on[s][k].model.state_dict(), off[s][k].model.state_dict()
+            assert all(torch.equal(a[n], b[n]) for n in a), (s, k)
+            assert off[s][k].frames is None and (on[s][k].frames is None) == (s != 0)
+    fr = on[0]["faithful"].frames
+    assert list(fr["at"]) == train.even_steps(6, 3) == [0, 3, 6]
+    assert fr["pred"].shape == fr["sd"].shape == (3, 24 - cfg.first)
+    assert on[0]["faithful"].model.heads == cfg.train_heads   # the probe's inference heads were put back
+    final = gpx.for_row(on[0], "faithful", cfg)                  # the last frame is the trained model's rollout
+    np.testing.assert_allclose(fr["pred"][-1], gpx.rollout(final, gpx.to_tensor(test)[pick:pick + 1], cfg.first)[0][0],
+                               rtol=1e-5, atol=1e-6)
+    path = gpx.rollout_gif(on[0], test, cfg, gpx.oracle(test, cfg), pick, tmp_path / "rollout.gif")
+    with Image.open(path) as im:
+        assert im.n_frames == 3 and im.size[0] >= 320

@@ -129,3 +129,45 @@ def test_every_chapter_opens_with_its_cost_from_the_data_file():
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         first = next(c for c in nbformat.read(path, 4).cells if c.cell_type == "markdown")
         assert first.source.endswith(line(costs[path.stem])), f"{path.name}: run python tools/compute_lines.py"
+
+
+CITE = re.compile(r"\{cite(?::[pt])?\}`([^`]+)`")
+
+
+def test_every_chapter_has_the_same_reader_frame():
+    """Each chapter opens with what the reader will learn and cites its original where it first names it, closes
+    with a 'What we learned' section whose claims are glued, and hides the Colab set-up cell in the book (the cell
+    stays in the notebook)."""
+    import nbformat
+
+    bib = (ROOT / "book" / "references.bib").read_text()
+    keys = set(re.findall(r"@\w+\{([^,]+),", bib))
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, 4)
+        md = [c for c in nb.cells if c.cell_type == "markdown"]
+        assert "**What you will learn:**" in md[0].source, f"{path.name}: no 'What you will learn' in its opening"
+        assert any(k.startswith("orig-") for k in CITE.findall(md[0].source)), f"{path.name}: opening cites no original"
+        learned = next((c.source for c in md if "## What we learned" in c.source), None)
+        assert learned, f"{path.name}: no 'What we learned' section"
+        assert "{glue:text}" in learned.split("## What we learned")[1], f"{path.name}: 'What we learned' glues nothing"
+        setup = next(c for c in nb.cells if "colab-setup" in c.metadata.get("tags", []))
+        assert "remove-cell" in setup.metadata["tags"], f"{path.name}: the Colab cell shows in the book"
+        for c in md:
+            for cited in CITE.findall(c.source):
+                for key in cited.split(","):
+                    assert key.strip() in keys, f"{path.name}: cites {key!r}, which book/references.bib does not have"
+
+
+def test_compute_page_reads_this_books_run_headers(smoke_book):
+    out = smoke_book[0]
+    text = re.sub(r"<[^>]+>", " ", (out / "html" / "book" / "compute.html").read_text())
+    text = " ".join(text.split())
+    costs = yaml.safe_load((ROOT / "book" / "compute.yml").read_text())
+    for nb in NOTEBOOKS:
+        run = json.loads((out / "book" / "notebooks" / f"{nb.stem}.metrics.json").read_text())["run"]
+        assert f"{nb.stem} smoke {run['device']} {run['machine']}" in text, nb.stem
+        for profile, cost in costs[nb.stem].items():
+            assert cost["cpu"] in text, (nb.stem, profile)
+    bib = (out / "html" / "book" / "bibliography.html").read_text()
+    for key in ("holestine/Attention", "oremnirv/attention", "db171fa"):
+        assert key in bib

@@ -278,3 +278,29 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_result(tmp_path, monkey
     pd.testing.assert_frame_equal(resumed.curve, straight.curve)
     other = E.train(*args, seed=4, checkpoints=str(tmp_path))     # another seed is another run: its own file
     assert len(list(tmp_path.glob("*.pt"))) == 2 and not other.curve.equals(straight.curve)
+
+
+def test_prediction_snapshots_leave_training_unchanged_and_make_the_gif(tmp_path):
+    """The training GIF's snapshots (the first seed's faithful run through its blow-up, and the repaired run with
+    its BatchNorm): the same histories as without them (bit for bit), the expected frames, and the GIF."""
+    from PIL import Image
+
+    data = _data()
+    rows = E.faithful_rows(0.3, 16) + E.repair_rows(0.01, 16, 0.02, 16, which=["repaired"])[:1]   # 4 steps each
+    snap = E.prediction_snapshots(data, 0, 3, n=24)
+    on = E.run_rows(data, rows, [0], 1, "cpu", diverge_factor=1.5, on_step=snap)
+    off = E.run_rows(data, rows, [0], 1, "cpu", diverge_factor=1.5)
+    for key in on:
+        pd.testing.assert_frame_equal(on[key][0].history.df, off[key][0].history.df, check_exact=True)
+        assert off[key][0].snapshots is None
+    assert on["faithful"][0].history.diverged_at is not None                     # it goes over the edge
+    assert on["guarded"][0].snapshots is None                                      # retrained: not recorded
+    for key in ("faithful", "repaired"):
+        snaps = on[key][0].snapshots
+        assert snaps.at == train.even_steps(4, 3) == [0, 2, 4]
+        assert all(f.shape == (24,) and f.dtype == np.uint8 and f.max() < 10 for f in snaps.frames)
+    assert E.steps_per_epoch(64, 16, "cpu") == 4 and E.steps_per_epoch(70, 16, "cpu") == 5
+    assert E.steps_per_epoch(70, 16, "cpu", fast=True) == 4                        # compiled: the last batch dropped
+    path = E.training_gif(on, data, tmp_path / "training.gif", diverge_factor=1.5)
+    with Image.open(path) as im:
+        assert im.n_frames == 3 and im.size[0] >= 320

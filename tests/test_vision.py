@@ -265,3 +265,34 @@ def test_repaired_run_interrupted_after_its_ema_started_resumes_to_the_same_resu
     cols = ["epoch", "train_loss", "test_acc", "tta_acc"]
     pd.testing.assert_frame_equal(resumed.curve[cols], straight.curve[cols])
     assert resumed.acc == straight.acc
+
+
+def test_attention_snapshots_leave_training_unchanged_and_make_the_gif(tmp_path):
+    """CLS-attention frames of the first seed's patching ViTs: the same history as without them (bit for bit), the
+    expected frames (step 0 to the last) on those runs only, and a GIF at least 320 px wide."""
+    from PIL import Image
+
+    from nbhelpers import train
+
+    rng = np.random.default_rng(0)
+    data = images.ImageData("mnist", rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 64),
+                            rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 16),
+                            [str(i) for i in range(10)])
+    recipe = dataclasses.replace(E.ORIGINAL, batch_size=16)   # 4 steps per epoch
+    specs = [E.Spec("patching", "vit", recipe, 1, label="vit · 4 tokens (bug)"),
+             E.Spec("patching", "vit", recipe, 1, bug_compatible=False, patch="coarse", label="vit · true grid"),
+             E.Spec("patching", "cnn", recipe, 1)]
+    on = E.run_specs({"mnist": data}, specs, [0], "cpu", progress=False,
+                     on_step=E.attention_snapshots("mnist", 0, 3, n=4, n_acc=16))
+    off = E.run_specs({"mnist": data}, specs[1:2], [0], "cpu", progress=False)
+    cols = ["step", "epoch", "train_loss", "lr", "test_acc"]
+    pd.testing.assert_frame_equal(on[1].history.df[cols], off[0].history.df[cols], check_exact=True)
+    assert off[0].snapshots is None and on[2].snapshots is None        # the CNN records nothing
+    for r, g in zip(on[:2], (2, 4)):
+        assert r.snapshots.at == train.even_steps(4, 3) == [0, 2, 4]
+        assert r.snapshots.frames[0]["att"].shape == (4, g, g) and 0 <= r.snapshots.frames[-1]["acc"] <= 1
+    path = E.attention_gif(on, data, tmp_path / "cls.gif")
+    with Image.open(path) as im:
+        assert im.n_frames == 3 and im.size[0] >= 320
+    with Image.open(E.attention_gif(off[:0], data, tmp_path / "none.gif")) as im:   # nothing recorded: it says so
+        assert im.n_frames == 1 and im.size[0] >= 320

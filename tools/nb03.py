@@ -1,7 +1,7 @@
 """Writes notebooks/03_vit_hybrid.ipynb (output-free). Edit here, run `python tools/nb03.py`, commit both."""
 from pathlib import Path
 
-from nbbuild import COLAB, write
+from nbbuild import COLAB, figure, wide_tables, write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -9,14 +9,15 @@ cells = [
 ("md", r"""
 # 3 · ViT, DeepViT, CNN and hybrids on images
 
-The original experiment ([`holestine/Attention`](https://github.com/holestine/Attention), `experiments.py`) adapted
-the PyTorch MNIST example into a small benchmark: a CNN, a ViT and a DeepViT (both from
-[`vit-pytorch`](https://github.com/lucidrains/vit-pytorch)) and a CNN→ViT hybrid, trained on MNIST, CIFAR-10 and
+The original experiment ([`holestine/Attention`](https://github.com/holestine/Attention), `experiments.py`;
+{cite:p}`orig-holestine`) adapted the PyTorch MNIST example into a small benchmark: a CNN, a ViT
+{cite:p}`dosovitskiy-vit` and a DeepViT {cite:p}`zhou-deepvit` (both from
+[`vit-pytorch`](https://github.com/lucidrains/vit-pytorch), {cite:p}`wang-vit-pytorch`) and a CNN→ViT hybrid, trained on MNIST, CIFAR-10 and
 CIFAR-100 with Adam (lr 1e-4), StepLR (γ 0.7 per epoch), batch 64, MNIST's normalisation on every dataset and no
 augmentation. It published three tables: small transformers (width 128, depth 6) after **1 epoch**, and
 ViT-Base-width transformers (width 768, depth 12 and depth 6) after **15 epochs**. A second original
-([`Yuanforz/LearnCV`](https://github.com/Yuanforz/LearnCV), `pytorch_MNIST/ViT.py`) trained a 1-layer ViT with and
-without the 1/√d attention scale.
+([`Yuanforz/LearnCV`](https://github.com/Yuanforz/LearnCV), `pytorch_MNIST/ViT.py`; {cite:p}`orig-learncv`) trained
+a 1-layer ViT with and without the 1/√d attention scale of scaled dot-product attention {cite:p}`vaswani-attention`.
 
 **What you will learn:** why these transformers saw only four tokens, which of the original's numbers our runs
 reproduce (each compared only with a run of the same size, data and epochs), whether the √d scale matters, and
@@ -61,6 +62,7 @@ repaired_batch: int = 1024  # batch size of the repaired recipe (smaller on smal
 timing_images: int = 1000   # images per honestly timed inference batch (results are reported per 1000 images)
 timing_reps: int = 5        # timed repetitions (median) after warm-up
 checkpoints: str = ""       # folder for per-run checkpoints (in Colab: a Google Drive folder); a run started again resumes
+gif_frames: int = 60        # frames of the CLS-attention training GIF (the first seed's patching ViTs), evenly spaced over the steps; at most 150
 """, ["parameters"]),
 ("code", r"""
 import dataclasses
@@ -69,7 +71,7 @@ from nbhelpers import params, results, runtime
 from nbhelpers.data import images
 from nbhelpers.experiments import vision as E
 from nbhelpers.models import vision as V
-from nbhelpers.viz import style
+from nbhelpers.viz import animate, style
 
 P = params.check(
     globals(), "03_vit_hybrid", **params.common(), seeds=params.Int(1, 20), repaired_seeds=params.Int(1, 20),
@@ -86,6 +88,7 @@ P = params.check(
     repaired_epochs=params.Int(0, 400), repaired_batch=params.Int(8, 4096),
     repaired_datasets=params.Choice("all", *images.DATASETS, many=True),
     timing_images=params.Int(1, 10_000), timing_reps=params.Int(1, 100), checkpoints=params.Text(),
+    gif_frames=params.Int(2, 150),
 )
 run = runtime.start(profile, seed, device)
 res = results.Results("03_vit_hybrid", run)
@@ -177,7 +180,10 @@ for m in corrected_models:
     corr_specs += [E.Spec("patching", m, E.ORIGINAL, corrected_epochs, label=f"{m} · 4 tokens (bug)"),
                    E.Spec("patching", m, E.ORIGINAL, corrected_epochs, bug_compatible=False, patch=patch_grid,
                           label=f"{m} · true grid")]
-corrected = E.run_specs(DATA, corr_specs, SEEDS, run.device, checkpoints=checkpoints) if corrected_epochs else []
+first = next(iter(DATA))   # the GIF's dataset: the first seed's ViTs on it record their CLS attention through training
+att_frames = E.attention_snapshots(first, seed, gif_frames)
+corrected = E.run_specs(DATA, corr_specs, SEEDS, run.device, checkpoints=checkpoints,
+                        on_step=att_frames) if corrected_epochs else []
 res.glue("patch_verdict", "; ".join(
     f"for the {m}: " + E.switch_sentence(corrected, "patching", f"{m} · 4 tokens (bug)", f"{m} · true grid",
                                          "the true grid") for m in corrected_models) if corrected else
@@ -228,16 +234,17 @@ starts saturated, and initialisations with larger weights.
 ## A repaired recipe, with its controls
 
 Same budget (≤ 1.8 M parameters), built on what is known to work at this size: the network and recipe of
-airbench94 [(Keller Jordan, `cifar10-airbench`)](https://github.com/KellerJordan/cifar10-airbench), which reaches
+airbench94 [(Keller Jordan, `cifar10-airbench`)](https://github.com/KellerJordan/cifar10-airbench)
+{cite:p}`jordan-airbench`, which reaches
 94 % on CIFAR-10 in about 10 epochs. A fixed 2×2 whitening convolution computed from the training images, three
-convolution groups with BatchNorm (32 → 31 → 15 → 7 → 3 px), a max-pool and a linear head; we narrow the second
+convolution groups with BatchNorm {cite:p}`ioffe-batchnorm` (32 → 31 → 15 → 7 → 3 px), a max-pool and a linear head; we narrow the second
 group to 192 channels to make room, and put **one layer of self-attention over the 7×7 grid** between the second
 and the third group: each position is a 192-wide token with a learned position, through a pre-norm layer of
 vit-pytorch's `Transformer` (4 heads, MLP width 192). The attention's output maps start at zero, so the model
 starts as its control and has to learn to use the attention (`models.vision.ConvTransformer`).
 Recipe (airbench94's, `E.REPAIRED`): per-dataset normalisation; random flips (not on MNIST) and 2-pixel
 translations; Nesterov SGD in airbench's decoupled form (lr 11.5 and weight decay 0.0153 per 1024 examples,
-momentum 0.85, BatchNorm biases at 64× the rate), batch 1024, a triangular schedule, label smoothing 0.2, an EMA of
+momentum 0.85, BatchNorm biases at 64× the rate), batch 1024, a triangular schedule, label smoothing 0.2 {cite:p}`szegedy-label-smoothing`, an EMA of
 the weights from epoch 3; at the end, test-time augmentation over mirrors and 1-pixel shifts. We differ from it in
 three ways that can move the number slightly: random rather than alternating flips, mixed precision only where the
 device runs it natively (bf16 on recent GPUs and AMX CPUs, fp16 with loss scaling on a T4, fp32 elsewhere), and
@@ -304,9 +311,28 @@ CLS-token attention of the last layer (mean over heads, via vit-pytorch's `Recor
 image. With the bug there are 4 tokens, so the map is a 2×2 block; with real patches it can find the digit.
 """),
 ("code", r"""
-first = next(iter(DATA))
 attn_models = {r.label: r.model for r in corrected if r.model_name == "vit" and r.dataset == first and r.seed == seed}
 E.plot_attention(DATA[first], attn_models, E.stats_for(E.ORIGINAL, DATA[first])) if attn_models else None;
+"""),
+("md", r"""
+### Through training
+
+The same maps, recorded at {glue:text}`gif_frames_used` evenly spaced points of the first seed's training, from the
+untrained model to the last step, with each model's accuracy at that point on a fixed handful of test images.
+Recording runs in evaluation mode and changes nothing of the training.
+"""),
+("code", r"""
+gifs = {"cls_attention": E.attention_gif(corrected, DATA[first], "figures/03/cls_attention.gif")}
+res.glue("gif_frames_used", max((len(r.snapshots.at) for r in corrected if r.snapshots), default=0))
+animate.show(gifs)  # the GIF here in Colab / Jupyter; in the book, below
+"""),
+("md", r"""
+![CLS attention of the 4-token ViT (middle row) and the true-grid ViT (bottom row) on six test images, through training](figures/03/cls_attention.gif)
+
+Top row: the test images. Middle row: the bug-compatible ViT, whose 4 tokens make its map a 2×2 block. Bottom
+row: the same ViT with real patches. Bright cells are where the CLS token looks; one colour scale per row, fixed
+over training. Watch whether the true-grid map moves onto the object (on MNIST, the digit's strokes) as training
+goes on, and whether the 2×2 map does anything but shift weight between the four quarters of the image.
 """),
 ("md", r"""
 ## What we learned
@@ -329,4 +355,14 @@ if __name__ == "__main__":
     write(ROOT / "notebooks" / "03_vit_hybrid.ipynb", cells, gpu=True)
     nb = nbformat.read(ROOT / "notebooks" / "03_vit_hybrid.ipynb", 4)
     apply(nb, "03_vit_hybrid")
+    wide_tables(nb)
+    figure(nb, 'E.plot_curves(corrected, "patching', "Test-accuracy curves per epoch of the bug-compatible and "
+           "true-patch-grid transformers, one panel per dataset", "Learning curves of the patching runs (mean over "
+           "seeds; band: lowest to highest seed).")
+    figure(nb, 'E.plot_curves(repaired, "repaired', "Test-accuracy curves per epoch of the repaired model, its "
+           "no-attention control and the original CNN on the repaired recipe", "Learning curves of the repaired "
+           "recipe and its controls (mean over seeds; band: lowest to highest seed).")
+    figure(nb, "E.plot_attention(DATA[first]", "Sample test images with each transformer's CLS attention drawn "
+           "over them as a heat map", "What the CLS token attends to in the last layer, per model, on sample test "
+           "images (first seed).")
     nbformat.write(nb, ROOT / "notebooks" / "03_vit_hybrid.ipynb")

@@ -39,3 +39,26 @@ if importlib.util.find_spec("nbhelpers") is None:
     importlib.invalidate_caches()
     import nbhelpers  # noqa: F401  (raises now, not ten cells later, if the install did not work)
 ''', ["colab-setup", "remove-cell"])  # hidden in the book (remove-cell), kept in the notebook
+
+
+def wide_tables(nb) -> list[str]:
+    """Tag every result-table cell full-width (its output spans the margin too), so no table scrolls sideways at
+    1280 px (the browser test checks). A table cell: one that records a table or ends by showing a styled one."""
+    out = []
+    for c in nb.cells:
+        last = c.source.strip().splitlines()[-1] if c.cell_type == "code" and c.source.strip() else ""
+        if c.cell_type == "code" and ("res.table(" in c.source or "styled" in last or ".style" in last):
+            tags = c.metadata.get("tags", [])
+            if "full-width" not in tags:
+                c.metadata["tags"] = tags + ["full-width"]
+            out.append(c.get("id"))
+    return out
+
+
+def figure(nb, match: str, alt: str, caption: str) -> None:
+    """Alt text and a caption (myst-nb's cell metadata) for the figure drawn by the code cell whose source
+    contains ``match``."""
+    cells = [c for c in nb.cells if c.cell_type == "code" and match in c.source]
+    if len(cells) != 1:
+        raise ValueError(f"{len(cells)} code cells contain {match!r}: expected exactly one")
+    cells[0].metadata["mystnb"] = {"image": {"alt": alt}, "figure": {"caption": caption}}

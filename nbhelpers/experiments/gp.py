@@ -18,7 +18,7 @@ import torch
 from .. import train as training
 from ..data import gp as data
 from ..models import gp as models
-from ..viz import plots
+from ..viz import animate, plots
 
 REGIMES = ("shuffle", "full_infer", "half_half", "infer")
 
@@ -196,45 +196,105 @@ class Trained:
     history: training.History
     params: int
     seed: int = 0
+    frames: dict | None = None  # training-GIF frames (numpy, so they survive a forked worker): see ``train_row``
 
 
-def train_row(key: str, train_pairs: dict, val_pairs: dict, cfg: Config, seed: int, device="cpu") -> Trained:
-    """Train one row's model with Adam (cfg.lr), batch cfg.batch, cfg.steps steps in its regime and loss."""
+@dataclass
+class Snap:
+    """Which runs record training frames, and of what: rows ``keys`` of seed ``seed`` record ``frames`` mean
+    rollouts of one test pair (``pair``: its packed (1, T, 3) array in the inference layout), evenly spaced over
+    training, step 0 included. ``snap_spec`` builds one from the test pairs."""
+    pair: np.ndarray
+    frames: int
+    seed: int
+    keys: tuple = ("faithful", "repaired")
+
+    def wants(self, key: str, seed: int) -> bool:
+        return self.frames > 0 and seed == self.seed and key in self.keys
+
+
+def example_pair(test: dict, gap: float = 3.0, among: int = 50) -> int:
+    """The test pair the rollout figures show: among the first ``among``, the one whose offset gap c0 - c1 is
+    closest to ``gap`` (a clear gap, so a drop towards the seen series is visible)."""
+    return int(np.abs((test["c"][:, 0] - test["c"][:, 1])[:among] - gap).argmin())
+
+
+def snap_spec(test: dict, index: int, frames: int, seed: int, keys=("faithful", "repaired")) -> Snap:
+    return Snap(to_tensor(test)[index:index + 1].numpy(), frames, seed, tuple(keys))
+
+
+def rollout_probe(pair: torch.Tensor, cfg: Config):
+    """A ``train.Snapshots`` probe: the mean rollout and σ of one test pair, as the evaluation sees it. A faithful
+    model is switched to its inference heads for the call (as ``for_row`` does) and back to its training heads
+    after, so training goes on exactly as without the probe."""
+
+    def probe(model):
+        faithful = isinstance(model, models.Faithful)
+        heads = model.heads if faithful else None
+        if faithful:
+            model.heads = cfg.infer_heads
+        try:
+            pred, sd = rollout(model, pair, cfg.first)
+        finally:
+            if faithful:
+                model.heads = heads
+        return pred[0].astype(np.float32), sd[0].astype(np.float32)
+
+    return probe
+
+
+def train_row(key: str, train_pairs: dict, val_pairs: dict, cfg: Config, seed: int, device="cpu",
+              snap: Snap | None = None) -> Trained:
+    """Train one row's model with Adam (cfg.lr), batch cfg.batch, cfg.steps steps in its regime and loss.
+
+    ``snap``: also record ``snap.frames`` rollouts of ``snap.pair`` evenly over training (``train.Snapshots``: eval
+    mode, no_grad, nothing else changes); they come back as ``Trained.frames`` = {"at": steps (F,), "pred": mean
+    rollouts (F, L), "sd": their σ (F, L)}."""
     row = ROWS[key]
     torch.manual_seed(seed)
     model = build(row, cfg).to(device)
     per_epoch = max(1, cfg.steps // cfg.evals)
+    epochs = max(1, cfg.steps // per_epoch)
     batches = Batches(train_pairs, row.regime, cfg, per_epoch, seed)
     val = Batches(val_pairs, row.regime, cfg, 1, seed + 1).batch(torch.arange(min(256, len(val_pairs["x"]))))
     vin, vt = val[0].to(device), val[1].to(device)
     loss = models.masked_loss(row.loss)
     nll = models.masked_loss("exact")
+    snaps = None
+    if snap is not None:
+        snaps = training.Snapshots(rollout_probe(torch.as_tensor(snap.pair), cfg),
+                                   training.even_steps(per_epoch * epochs, snap.frames))
+        snaps.start(model)
     hist = training.fit(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), batches, loss,
-                        epochs=max(1, cfg.steps // per_epoch), device=device, progress=False,
+                        epochs=epochs, device=device, progress=False, on_step=snaps,
                         evaluate=lambda m: {"val_loss": float(loss(m(vin), vt)), "val_nll": float(nll(m(vin), vt))},
                         desc=key)
-    return Trained(key, row, model.eval(), hist, models.count_params(model), seed)
+    frames = None if snaps is None else {"at": np.array(snaps.at), "pred": np.stack([f[0] for f in snaps.frames]),
+                                         "sd": np.stack([f[1] for f in snaps.frames])}
+    return Trained(key, row, model.eval(), hist, models.count_params(model), seed, frames)
 
 
 _SHARED: dict = {}  # the data a forked worker inherits (never pickled)
 
 
 def _train_job(job):
-    key, seed, cfg, device, threads = job
+    key, seed, cfg, device, threads, snap = job
     torch.set_num_threads(threads)
-    return train_row(key, _SHARED["train"], _SHARED["val"], cfg, seed, device)
+    return train_row(key, _SHARED["train"], _SHARED["val"], cfg, seed, device, snap)
 
 
 def train_rows(keys, train_pairs, val_pairs, cfg: Config, seeds, device="cpu", progress: bool = True,
-               workers: int = 1) -> dict:
+               workers: int = 1, snap: Snap | None = None) -> dict:
     """{seed: {key: Trained}} for every seed and every trained row among ``keys``.
 
     workers > 1 (CPU only): train that many models at once in forked processes of one torch thread each; every
-    run is seeded on its own, so the results are the same as with one worker at one thread.
+    run is seeded on its own, so the results are the same as with one worker at one thread. ``snap``: the runs
+    it names (``Snap.wants``) also record training-GIF frames (``train_row``).
     """
     from ..train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
 
     todo = [(s, k) for s in seeds for k in keys if ROWS[k].trains]
+    snaps = {(s, k): snap if snap is not None and snap.wants(k, s) else None for s, k in todo}
     out = {s: {} for s in seeds}
     bar = tqdm(total=len(todo), desc="models", disable=not progress, mininterval=5)
     if workers > 1 and str(device) == "cpu" and len(todo) > 1:
@@ -244,7 +304,7 @@ def train_rows(keys, train_pairs, val_pairs, cfg: Config, seeds, device="cpu", p
         _SHARED.update(train=train_pairs, val=val_pairs)
         try:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                jobs = [(k, s, cfg, "cpu", 1) for s, k in todo]
+                jobs = [(k, s, cfg, "cpu", 1, snaps[s, k]) for s, k in todo]
                 for (s, k), tr in zip(todo, pool.map(_train_job, jobs)):
                     out[s][k] = tr
                     bar.update()
@@ -252,7 +312,7 @@ def train_rows(keys, train_pairs, val_pairs, cfg: Config, seeds, device="cpu", p
             _SHARED.clear()
     else:
         for s, k in todo:
-            out[s][k] = train_row(k, train_pairs, val_pairs, cfg, s, device)
+            out[s][k] = train_row(k, train_pairs, val_pairs, cfg, s, device, snaps[s, k])
             bar.update()
     bar.close()
     return out
@@ -604,6 +664,49 @@ def plot_rollouts(trained: dict, test: dict, cfg: Config, oracle_out: dict, base
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
+
+
+def rollout_gif(trained: dict, test: dict, cfg: Config, oracle_out: dict, index: int, path,
+                keys=("faithful", "repaired"), fps: float = 5, dpi: int = 90):
+    """Training GIF of one test pair's mean rollout, one panel per row (the runs that recorded ``Trained.frames``,
+    see ``train_rows(..., snap=...)``), redrawn at every recorded step over the truth, the seen series, the
+    context and the oracle's mean ± 2σ band; each panel is titled with its first-step error (prediction − truth)."""
+    keys = [k for k in keys if k in trained and trained[k].frames is not None]
+    if not keys:
+        raise ValueError("no row recorded training frames: train them with train_rows(..., snap=snap_spec(...))")
+    first = cfg.first
+    mean, sd = oracle_out["mean"][index], oracle_out["sd"][index]
+    y, y0 = test["y"][index], test["y"][index, first]
+    lo, hi = min(y.min(), (mean - 2 * sd).min()), max(y.max(), (mean + 2 * sd).max())
+    pad = 0.2 * (hi - lo)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.9), dpi=dpi, sharey=True, squeeze=False)
+    lines, dots = [], []
+    x0 = test["x"][index, first]
+    for ax, k in zip(axes[0], keys):
+        _panel(ax, test, index, cfg, pred=trained[k].frames["pred"][0], band=(mean, sd))
+        lines.append(ax.lines[-1])  # the mean rollout, drawn last
+        dots.append(ax.plot([x0], [trained[k].frames["pred"][0][0]], "o", ms=6, color=MEAN, mec="black", mew=0.8,
+                            label="first step")[0])
+        ax.set(ylim=(lo - pad, hi + pad), xlabel="x")
+    axes[0, 0].set_ylabel("y")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize="small", frameon=False)
+    sup = fig.suptitle(" ", fontsize="medium")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    count = max(len(trained[k].frames["at"]) for k in keys)
+    total = max(int(trained[k].frames["at"][-1]) for k in keys)
+
+    def update(i):
+        for ax, line, dot, k in zip(axes[0], lines, dots, keys):
+            fr = trained[k].frames
+            j = min(i, len(fr["at"]) - 1)
+            line.set_ydata(fr["pred"][j])
+            dot.set_ydata([fr["pred"][j][0]])
+            ax.set_title(f"{ROWS[k].label}: first-step error {fr['pred'][j][0] - y0:+.2f}", fontsize="small")
+        at = max(int(trained[k].frames["at"][min(i, len(trained[k].frames["at"]) - 1)]) for k in keys)
+        sup.set_text(f"mean rollout of one test pair · training step {at:,} of {total:,}")
+
+    return animate.write_gif(animate.render(fig, update, count), path, fps=fps)
 
 
 def plot_drop(trained: dict, test: dict, cfg: Config, oracle_out: dict, base_out: dict,

@@ -15,7 +15,7 @@ from .. import lr_range, seeds as S
 from .. import train as training
 from ..data import images
 from ..models import ultimus as U
-from ..viz import plots
+from ..viz import animate, plots
 
 # the original's normalisation statistics and augmentation (pad 40 reflect + crop 32, flip, one 16×16 hole p .5
 # filled with the mean)
@@ -149,6 +149,7 @@ class UltimusRun:
     curve: pd.DataFrame             # per epoch: epoch, train_loss, train_acc, test_loss, test_acc
     model: torch.nn.Module = field(repr=False, default=None)
     seed: int = 0
+    snapshots: training.Snapshots | None = field(repr=False, default=None)  # training-GIF frames, if recorded
 
     @property
     def diverged_epoch(self) -> int | None:
@@ -170,12 +171,21 @@ class UltimusRun:
         return float(s.max()) if len(s) else float("nan")
 
 
+def compiles(device, fast) -> bool:
+    """Whether ``fast_model`` compiles on this device (then the batches drop their last, smaller one)."""
+    return torch.device(device).type == "cuda" if fast == "auto" else bool(fast)
+
+
+def steps_per_epoch(n_train: int, batch_size: int, device, fast="auto") -> int:
+    """Optimiser steps per epoch of ``train`` (the last smaller batch is dropped when the model is compiled)."""
+    return n_train // batch_size if compiles(device, fast) else -(-n_train // batch_size)
+
+
 def fast_model(model: torch.nn.Module, device: torch.device, fast) -> torch.nn.Module:
     """The fast path: channels-last + torch.compile — on CUDA in mode "reduce-overhead" (Inductor kernels replayed
     as CUDA graphs; static shapes, hence drop_last). ``fast``: True, False or "auto" (CUDA only: on a CPU the
     compile time does not pay back at this size)."""
-    on = device.type == "cuda" if fast == "auto" else bool(fast)
-    if not on:
+    if not compiles(device, fast):
         return model
     model = model.to(memory_format=torch.channels_last)
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
@@ -183,11 +193,13 @@ def fast_model(model: torch.nn.Module, device: torch.device, fast) -> torch.nn.M
 
 def train(data: images.ImageData, variant: str, recipe: Recipe, epochs: int, device, seed: int = 0,
           label: str | None = None, diverge_factor: float | None = 20.0, fast="auto", evaluate: bool = True,
-          on_diverge: str = "stop", checkpoints: str = "", **model_kw) -> UltimusRun:
+          on_diverge: str = "stop", checkpoints: str = "", on_step=None, **model_kw) -> UltimusRun:
     """Train one variant with one recipe; test loss/accuracy and training accuracy after every epoch. The guard
     stops the run when the training loss exceeds ``diverge_factor`` × the first loss (``on_diverge="report"``:
     records it and trains on, as the original did), and always on a NaN/inf loss. ``checkpoints``: a folder
-    where the run saves itself every epoch and resumes from when started again (``train.checkpoint_file``)."""
+    where the run saves itself every epoch and resumes from when started again (``train.checkpoint_file``).
+    ``on_step(step, model)`` is called after every optimiser step (``train.fit``); a ``train.Snapshots`` also records
+    step 0 and is kept as ``UltimusRun.snapshots``."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model = U.build(variant, **model_kw).to(device)
@@ -207,14 +219,18 @@ def train(data: images.ImageData, variant: str, recipe: Recipe, epochs: int, dev
     ckpt = training.checkpoint_file(checkpoints, label or variant, variant=variant, recipe=recipe, epochs=epochs,
                                     seed=seed, n=(len(data.x_train), len(data.x_test)), fast=fast,
                                     guard=(diverge_factor, on_diverge), model=sorted(model_kw.items()))
+    snaps = on_step if isinstance(on_step, training.Snapshots) else None
+    if snaps is not None:
+        snaps.start(model)   # step 0: the untrained model
     hist = training.fit(stepper, opt, batches, tally, epochs=epochs, scheduler=sched, scheduler_per="step",
                         device=device, diverge_factor=diverge_factor, on_diverge=on_diverge, progress=False,
-                        evaluate=metrics if evaluate else None, desc=label or variant, checkpoint=ckpt)
+                        evaluate=metrics if evaluate else None, desc=label or variant, checkpoint=ckpt,
+                        on_step=on_step)
     df = hist.df.reindex(columns=["epoch", "train_loss", "train_acc", "test_loss", "test_acc"])
     curve = (df.groupby("epoch").agg(train_loss=("train_loss", "mean"), train_acc=("train_acc", "last"),
                                      test_loss=("test_loss", "last"), test_acc=("test_acc", "last"))
              .reset_index().assign(epoch=lambda d: d.epoch + 1))
-    return UltimusRun(label or variant, variant, recipe, U.count_params(model), hist, curve, model, seed)
+    return UltimusRun(label or variant, variant, recipe, U.count_params(model), hist, curve, model, seed, snaps)
 
 
 # ---------------------------------------------------------------- rows over seeds
@@ -232,10 +248,12 @@ class Row:
 
 
 def run_rows(data: images.ImageData, rows: list[Row], seed_list, epochs: int, device, diverge_factor: float,
-             fast="auto", checkpoints: str = "") -> dict[str, list[UltimusRun]]:
+             fast="auto", checkpoints: str = "", on_step=None) -> dict[str, list[UltimusRun]]:
     """Every row for every seed: {row key: [runs]}. A guarded row ("stop") whose unguarded twin (same variant,
     recipe, model and seed, "report") never crossed the threshold is that same run, so it is reused, not retrained
-    (training is deterministic for a seed); it is retrained only where the guard would have stopped it."""
+    (training is deterministic for a seed); it is retrained only where the guard would have stopped it.
+    ``on_step``: a factory ``(row, seed, total_steps) -> callback or None`` (e.g. ``prediction_snapshots``) whose
+    callback goes to ``train(on_step=...)``."""
     groups: dict[str, list[UltimusRun]] = {}
     for r in rows:
         twin = next((groups[t.key] for t in rows if t.key in groups and t.on_diverge == "report"
@@ -246,8 +264,10 @@ def run_rows(data: images.ImageData, rows: list[Row], seed_list, epochs: int, de
             if twin is not None and twin[i].history.diverged_at is None:
                 runs.append(replace(twin[i], label=r.label))
             else:
+                total = epochs * steps_per_epoch(len(data.x_train), r.recipe.batch_size, device, fast)
                 runs.append(train(data, r.variant, r.recipe, epochs, device, seed=sd, label=r.label, fast=fast,
                                   diverge_factor=diverge_factor, on_diverge=r.on_diverge, checkpoints=checkpoints,
+                                  on_step=on_step(r, sd, total) if on_step is not None else None,
                                   **dict(r.model_kw)))
         groups[r.key] = runs
     return groups
@@ -393,6 +413,124 @@ def plot_misclassified(run: UltimusRun, data: images.ImageData, n: int = 24):
     return fig
 
 
+def prediction_probe(data: images.ImageData, n: int = 500, batch: int = 500):
+    """A ``train.Snapshots`` probe: the predicted class (uint8) of each of the first ``n`` test images. A compiled
+    model is probed through its own module, so the eval-mode call compiles nothing."""
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in STATS)
+    x = images.as_nchw(data.x_test[:n])
+
+    def probe(model):
+        m = getattr(model, "_orig_mod", model)
+        dev = next(m.parameters()).device
+        mu, sd = mean.to(dev), std.to(dev)
+        out = torch.cat([m((x[i:i + batch].to(dev).float().div(255) - mu) / sd).float().argmax(-1)
+                         for i in range(0, len(x), batch)])
+        return out.to(torch.uint8).cpu().numpy()
+
+    return probe
+
+
+def prediction_snapshots(data: images.ImageData, seed: int, frames: int, keys=("faithful", "repaired", "fixed"),
+                         n: int = 500):
+    """A ``run_rows`` ``on_step`` factory: the rows ``keys`` of ``seed`` record ``frames`` snapshots of their test
+    predictions (``prediction_probe``) evenly over their optimiser steps, step 0 included; other runs record
+    nothing. Recording runs in eval mode under no_grad and changes nothing of the training."""
+
+    def factory(row: Row, seed_: int, total: int):
+        if row.key not in keys or seed_ != seed or frames < 1:
+            return None
+        return training.Snapshots(prediction_probe(data, n), training.even_steps(total, frames))
+
+    return factory
+
+
+def confusion(y: np.ndarray, pred: np.ndarray, k: int = 10) -> np.ndarray:
+    """Row-normalised confusion matrix: entry (true t, predicted p) = share of class t's images predicted p."""
+    m = np.bincount(y.astype(int) * k + pred.astype(int), minlength=k * k).reshape(k, k).astype(float)
+    return m / np.maximum(m.sum(1, keepdims=True), 1)
+
+
+def training_gif(groups: dict[str, list[UltimusRun]], data: images.ImageData, path, diverge_factor: float | None = None,
+                 keys=("faithful", ("repaired", "fixed")), fps: float = 5, dpi: int = 85):
+    """Training GIF, one column per run: the first seed's faithful run (trained through) beside the first of the
+    repairs in ``keys`` that recorded snapshots (``prediction_snapshots``). Top: the confusion matrix of its test
+    predictions at that step, titled with the step and the accuracy; below: a strip with the training loss and the
+    learning rate so far, and (with ``diverge_factor``) the guard's threshold."""
+    runs = []
+    for key in keys:
+        for k in (key,) if isinstance(key, str) else key:
+            r = (groups.get(k) or [None])[0]
+            if r is not None and r.snapshots is not None and r.snapshots.frames:
+                runs.append(r)
+                break
+    if not runs:
+        raise ValueError("no run recorded snapshots: train with run_rows(..., on_step=prediction_snapshots(...))")
+    classes = list(data.classes)
+    k = len(classes)
+    fig = plt.figure(figsize=(4.9 * len(runs) + 0.6, 6.3), dpi=dpi)
+    grid = fig.add_gridspec(2, len(runs), height_ratios=(3.4, 1.2), hspace=0.62, wspace=0.4,
+                            left=0.11, right=0.92, top=0.82, bottom=0.13)
+    panels, legend = [], []
+    for c, r in enumerate(runs):
+        snaps, df = r.snapshots, r.history.df
+        y = np.asarray(data.y_test[:len(snaps.frames[0])])
+        ax = fig.add_subplot(grid[0, c])
+        im = ax.imshow(confusion(y, snaps.frames[0], k), cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks(range(k), classes, rotation=90, fontsize="x-small")
+        ax.set_yticks(range(k), classes if c == 0 else [], fontsize="x-small")
+        ax.set_xlabel("predicted", fontsize="small")
+        if c == 0:
+            ax.set_ylabel("true class", fontsize="small")
+        ax.grid(False)
+        strip = fig.add_subplot(grid[1, c])
+        total = int(snaps.at[-1])
+        steps, loss, lr = df.step.to_numpy() + 1, df.train_loss.to_numpy(), df.lr.to_numpy()
+        finite = loss[np.isfinite(loss)]
+        if diverge_factor is not None and len(finite):  # the threshold stays in view: how far below it is the loss?
+            finite = np.append(finite, diverge_factor * loss[0])
+            strip.axhline(diverge_factor * loss[0], color="tab:red", ls="--", lw=1, label="guard's threshold")
+        loss_line, = strip.plot([], [], color="black", lw=1, label="training loss")
+        wide = len(finite) and finite.max() > 10 * finite.min()   # a blow-up (or the threshold): log scale
+        strip.set(xlim=(0, max(total, 1)), yscale="log" if wide else "linear")
+        strip.set_xlabel("step", fontsize="small")
+        strip.yaxis.set_minor_formatter(plt.NullFormatter())   # decades only: a legible strip
+        if len(finite):
+            strip.set_ylim(finite.min() / 1.5, finite.max() * 1.5) if wide else \
+                strip.set_ylim(finite.min() - 0.1 * np.ptp(finite) - 1e-3, finite.max() + 0.1 * np.ptp(finite) + 1e-3)
+        strip.set_ylabel("loss", fontsize="small")
+        twin = strip.twinx()
+        lr_line, = twin.plot([], [], color="tab:orange", lw=1.2, label="learning rate")
+        twin.set_ylim(0, lr.max() * 1.15 if len(lr) else 1)
+        twin.set_ylabel("learning rate", fontsize="small", color="tab:orange")
+        twin.tick_params(axis="y", labelsize="x-small", colors="tab:orange")
+        twin.grid(False)
+        strip.tick_params(labelsize="x-small")
+        cursor = strip.axvline(0, color="0.5", lw=0.8)
+        if c == 0:
+            legend = strip.get_legend_handles_labels()[0] + [lr_line]
+        panels.append((r, y, ax, im, loss_line, lr_line, cursor, steps, loss, lr, total))
+    fig.legend(legend, [h.get_label() for h in legend], loc="lower center", ncol=3, fontsize="small", frameon=False)
+    fig.suptitle(f"Predictions on the first {len(panels[0][1])} test images through training", fontsize="medium",
+                 y=0.985)
+    count = max(len(r.snapshots.frames) for r in runs)
+
+    def update(i):
+        for r, y, ax, im, loss_line, lr_line, cursor, steps, loss, lr, total in panels:
+            j = min(i, len(r.snapshots.frames) - 1)
+            pred, at = r.snapshots.frames[j], int(r.snapshots.at[j])
+            im.set_data(confusion(y, pred, k))
+            seen = steps <= at
+            loss_line.set_data(steps[seen], loss[seen])
+            lr_line.set_data(steps[seen], lr[seen])
+            cursor.set_xdata([at, at])
+            d = r.history.diverged_at
+            edge = f"\ncrossed the guard's threshold at step {d + 1:,}" if d is not None and at > d else ""
+            ax.set_title(f"{r.label}\nstep {at:,} of {total:,} · accuracy {100 * (pred == y).mean():.0f} %{edge}",
+                         fontsize="small")
+
+    return animate.write_gif(animate.render(fig, update, count), path, fps=fps)
+
+
 # ---------------------------------------------------------------- diagnosis helpers and glue
 
 DESCRIPTIONS = {
@@ -497,6 +635,22 @@ def diagnosis_text(groups: dict[str, list[UltimusRun]]) -> str:
         parts.append(f"{runs[0].label}: final test accuracy {S.pm(finals(runs))} % against {S.pm(finals(base))} % "
                      f"for {base_label} — the change {word}; {outcome(runs)}.")
     return " ".join(parts) if parts else "No ablation rows were run in this profile."
+
+
+def causes_summary(groups: dict[str, list[UltimusRun]]) -> str:
+    """The diagnosis in one line for the chapter's closing section: each ablation and whether it matters over the
+    seeds (against the same baselines as ``diagnosis_text``), e.g. 'lower peak (0.1×) helps by 8.00 points (...);
+    BN+ReLU convs makes no difference beyond seed noise (...)'."""
+    faithful = groups.get("faithful") or groups.get("guarded")
+    low = groups.get("low_lr")
+    parts = []
+    for name in ABLATIONS:
+        if name not in groups:
+            continue
+        base = faithful if name == "low_lr" or low is None else low
+        if base is not None:
+            parts.append(f"{groups[name][0].label} {S.matters(S.differ(finals(base), finals(groups[name])))}")
+    return "; ".join(parts) if parts else "no ablation rows were run in this profile"
 
 
 def attention_adds(groups: dict[str, list[UltimusRun]], key: str) -> str:

@@ -16,7 +16,7 @@ from .. import runtime, seeds
 from .. import train as training
 from ..data import images
 from ..models import vision as V
-from ..viz import plots
+from ..viz import animate, plots
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -128,6 +128,7 @@ class VisionRun:
     amp: str = "fp32"               # the precision it trained in: bf16, fp16 or fp32
     group: str = ""                 # which section of the chapter the run belongs to
     size: str = "small"             # transformer size (models.vision.SIZES; the CNN has one size)
+    snapshots: training.Snapshots | None = field(repr=False, default=None)  # training-GIF frames, if recorded
 
     @property
     def max_acc(self) -> float:
@@ -378,6 +379,8 @@ def train_model(data: images.ImageData, model_name: str, recipe: Recipe, epochs:
                                     recipe=recipe, epochs=epochs, seed=seed, bug=bug_compatible, scaled=scaled,
                                     n=(len(data.x_train), len(data.x_test)), dims=sorted(dims.items()))
 
+    if isinstance(on_step, training.Snapshots):
+        on_step.start(model)   # step 0: the untrained model
     t_start = time.perf_counter()
     hist = training.fit(
         model, opt, train, lambda out, y: F.cross_entropy(out.float(), y, label_smoothing=recipe.label_smoothing),
@@ -466,8 +469,10 @@ class Spec:
 
 
 def run_specs(datasets: dict, specs, seed_list, device, progress: bool = True,
-              checkpoints: str = "") -> list[VisionRun]:
-    """Every spec on every dataset for every seed (data absent from ``datasets`` is skipped)."""
+              checkpoints: str = "", on_step=None) -> list[VisionRun]:
+    """Every spec on every dataset for every seed (data absent from ``datasets`` is skipped). ``on_step``: a
+    factory ``(spec, data, seed) -> callback or None`` (e.g. ``attention_snapshots``); a run that gets a callback
+    passes it to ``train_model(on_step=...)`` and keeps it as ``VisionRun.snapshots``."""
     from ..train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
 
     jobs = [(sp, d, s) for sp in specs for d in datasets for s in seed_list if sp.epochs > 0]
@@ -478,9 +483,10 @@ def run_specs(datasets: dict, specs, seed_list, device, progress: bool = True,
         if sp.patch and sp.model in ("vit", "deepvit"):
             patch = 4 if sp.patch == "fine" else data.shape[0] // 4
         kw = {"patch_size": patch} if patch else {}
+        snaps = on_step(sp, data, seed) if on_step is not None else None
         r = train_model(data, sp.model, sp.recipe, sp.epochs, device, seed=seed, bug_compatible=sp.bug_compatible,
-                        scaled=sp.scaled, label=sp.name(), checkpoints=checkpoints, **kw, **sp.dims())
-        r.group, r.size = sp.group, sp.size
+                        scaled=sp.scaled, label=sp.name(), checkpoints=checkpoints, on_step=snaps, **kw, **sp.dims())
+        r.group, r.size, r.snapshots = sp.group, sp.size, snaps
         out.append(r)
     return out
 
@@ -711,6 +717,98 @@ def plot_attention(data: images.ImageData, models_by_label: dict, stats, n: int 
         ax.set(xticks=[], yticks=[])
     fig.tight_layout()
     return fig
+
+
+def cls_probe(data: images.ImageData, recipe: Recipe, n: int = 6, n_acc: int = 256):
+    """A ``train.Snapshots`` probe for a ViT: its CLS attention (``cls_attention``) on the first ``n`` test images
+    (float16) and its accuracy on the first ``n_acc`` test images, normalised as the recipe trains."""
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats_for(recipe, data))
+    x = (images.as_nchw(data.x_test[:n]).float().div(255) - mean) / std
+    xa, ya = images.as_nchw(data.x_test[:n_acc]), torch.as_tensor(data.y_test[:n_acc], dtype=torch.long)
+
+    def probe(model):
+        dev = next(model.parameters()).device
+        m, s = mean.to(dev), std.to(dev)
+        att = cls_attention(model, x.to(dev)).cpu().numpy().astype(np.float16)
+        acc = training.classifier_metrics(model, xa.to(dev), ya.to(dev), lambda xb: (xb.float().div(255) - m) / s)
+        return {"att": att, "acc": acc["acc"], "n_acc": len(ya)}
+
+    return probe
+
+
+def attention_snapshots(dataset: str, seed: int, frames: int, model: str = "vit", n: int = 6, n_acc: int = 256):
+    """A ``run_specs`` ``on_step`` factory: every run of ``model`` on ``dataset`` with ``seed`` records ``frames``
+    snapshots (``cls_probe``) evenly spaced over its optimiser steps, step 0 included; other runs record nothing.
+    Recording runs in eval mode under no_grad and changes nothing of the training."""
+
+    def factory(spec, data, seed_):
+        if spec.model != model or data.name != dataset or seed_ != seed or frames < 1 or spec.epochs < 1:
+            return None
+        total = spec.epochs * -(-len(data.x_train) // spec.recipe.batch_size)   # DeviceBatches keeps the last batch
+        return training.Snapshots(cls_probe(data, spec.recipe, n, n_acc), training.even_steps(total, frames))
+
+    return factory
+
+
+def placeholder_gif(path, text: str, dpi: int = 90):
+    """A one-frame GIF that says why there is no animation at this profile (the page's image still resolves)."""
+    fig = plt.figure(figsize=(6.4, 1.4), dpi=dpi)
+    fig.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize="medium")
+    return animate.write_gif([fig], path)
+
+
+def attention_gif(runs: list[VisionRun], data: images.ImageData, path, fps: float = 5, dpi: int = 90):
+    """Training GIF of CLS attention, laid out like ``plot_attention``: the test images on top, then one row per
+    run that recorded snapshots (``attention_snapshots``), its attention over its patch grid drawn onto each image
+    (one colour scale per row, fixed over training). Titled with the step and epoch; each row with its accuracy
+    on the probe's test images at that step. Without such a run: a one-frame GIF that says so."""
+    runs = [r for r in runs if r.snapshots is not None and r.snapshots.frames]
+    if not runs:
+        return placeholder_gif(path, "No CLS-attention frames at this profile: the ViT's patching runs were not "
+                                     "trained (corrected_models without vit, or corrected_epochs 0).")
+    frames = [r.snapshots.frames for r in runs]
+    n = frames[0][0]["att"].shape[0]
+    pics = data.x_test[:n]
+    H, W = pics.shape[1:3]
+    rows = 1 + len(runs)
+    fig, axes = plt.subplots(rows, n, figsize=(1.35 * n + 0.9, 1.3 * rows + 0.6), dpi=dpi, squeeze=False)
+    for j in range(n):
+        axes[0, j].imshow(pics[j].squeeze(), cmap="gray" if pics.shape[-1] == 1 else None, interpolation="nearest")
+        axes[0, j].set_title(data.classes[data.y_test[j]].split(" - ")[-1], fontsize="small")
+    axes[0, 0].set_ylabel("test image", fontsize="small")
+    overlays, gray = [], pics.mean(-1)
+    for i, fr in enumerate(frames, start=1):
+        vmax = max(float(f["att"].max()) for f in fr)
+        row = []
+        for j in range(n):
+            axes[i, j].imshow(gray[j], cmap="gray", interpolation="nearest")
+            row.append(axes[i, j].imshow(fr[0]["att"][j].astype(np.float32), cmap="magma", alpha=0.6, vmin=0,
+                                         vmax=vmax, interpolation="nearest", extent=(-0.5, W - 0.5, H - 0.5, -0.5)))
+        overlays.append(row)
+    for ax in axes.flat:
+        ax.set(xticks=[], yticks=[])
+        ax.grid(False)
+    sup = fig.suptitle(" ", fontsize="medium")
+    count = max(len(fr) for fr in frames)
+    at = [r.snapshots.at for r in runs]
+    total = max(a[-1] for a in at)
+    per_epoch = total / max(len(runs[0].curve), 1)
+
+    def update(k):
+        for i, (r, fr, row) in enumerate(zip(runs, frames, overlays), start=1):
+            f = fr[min(k, len(fr) - 1)]
+            for j, im in enumerate(row):
+                im.set_data(f["att"][j].astype(np.float32))
+            g = f["att"].shape[-1]
+            axes[i, 0].set_ylabel(f"{r.label.split(' · ')[-1]}\n{g}×{g} tokens\naccuracy {100 * f['acc']:.0f} %",
+                                  fontsize="small")
+        step = max(a[min(k, len(a) - 1)] for a in at)
+        sup.set_text(f"CLS attention of the last layer · step {step:,} of {total:,} (epoch {step / per_epoch:.1f})\n"
+                     f"accuracy on the first {frames[0][0]['n_acc']} test images")
+
+    update(count - 1)          # the longest labels, so the layout leaves room for them
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return animate.write_gif(animate.render(fig, update, count), path, fps=fps)
 
 
 def styled(df: pd.DataFrame):
