@@ -659,8 +659,10 @@ def build_html(stage: Path, out: Path, log=print) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".jb-"))
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(stage), "--path-output", str(tmp),
            "-W", "-n", "--keep-going", "--quiet"]
+    t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
+        build_html.last_s = time.perf_counter() - t0   # the HTML build's own time, for the closing line
         if proc.returncode != 0:
             raise RuntimeError("jupyter-book build failed (warnings are errors):\n"
                                + (proc.stdout[-4000:] + proc.stderr[-4000:]).strip())
@@ -774,7 +776,7 @@ def _run(root: Path, out: Path, args, chapters: list[Chapter]) -> int:
         print(f"\nFAILED: {', '.join(c.stem for c in failed)}", file=sys.stderr)
         return 1
     if index:
-        print(f"\nBook built: open {index}  (file://{index})")
+        print(f"\nBook built: open {index}  (file://{index}); HTML build {build_html.last_s:.1f} s")
     return 0
 
 

@@ -126,3 +126,28 @@ def test_ceiling_study_runs_on_a_tiny_grid():
     assert list(study.dataset) == ["circle"] and len(study.val[0]) == len(study.test[0]) == 2
     pivot = tx.ceiling_pivot(study)
     assert list(pivot.columns) == ["config", "params", "circle"]
+
+
+def test_training_gifs_are_filled_contours_wide_enough_and_small(tmp_path):
+    """Chapter 1's GIFs draw banded surfaces (plots.bands: filled contours, no interpolation), so a frame holds a
+    few dozen colours and the file stays small; each is at least 320 px wide."""
+    from conftest import gif_frames
+    from nbhelpers.viz import plots
+
+    split = _small_split("gaussian", n=64)
+    run = tx.train_one(split, "heads", 0, epochs=2, frames=5, n_embd=8, n_head=2)
+    out = tx.output_gif(run, split, tmp_path / "out.gif")
+    hid = tx.hidden_gif(run, tmp_path / "hid.gif")
+    for path in (out, hid):
+        frames = gif_frames(path)
+        assert frames.shape[2] >= 320 and path.stat().st_size <= 1_500_000
+    # the surfaces handed to the GIF writer are quantised to the 21 bands' mid-points (filled contours)
+    seen = {}
+    real = tx.animate.surface_gif
+    tx.animate.surface_gif = lambda surfaces, *a, **k: seen.setdefault("s", surfaces) and real(surfaces, *a, **k)
+    try:
+        tx.output_gif(run, split, tmp_path / "again.gif")
+    finally:
+        tx.animate.surface_gif = real
+    mids = set(np.round(plots.bands(np.linspace(-1, 1, 401), 21, -1.0, 1.0), 5))
+    assert set(np.round(np.concatenate([np.ravel(s) for s in seen["s"]]), 5)) <= mids

@@ -327,7 +327,11 @@ res.glue("gif_frames_used", max((len(r.snapshots.at) for r in corrected if r.sna
 animate.show(gifs)  # the GIF here in Colab / Jupyter; in the book, below
 """),
 ("md", r"""
-![CLS attention of the 4-token ViT (middle row) and the true-grid ViT (bottom row) on six test images, through training](figures/03/cls_attention.gif)
+```{figure} figures/03/cls_attention.gif
+:alt: CLS attention of the 4-token ViT (middle row) and the true-grid ViT (bottom row) on six test images, through training
+
+Where the CLS token looks while the transformers train: the bug-compatible ViT's four tokens against a true patch grid.
+```
 
 Top row: the test images. Middle row: the bug-compatible ViT, whose 4 tokens make its map a 2×2 block. Bottom
 row: the same ViT with real patches. Bright cells are where the CLS token looks; one colour scale per row, fixed

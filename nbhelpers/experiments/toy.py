@@ -70,7 +70,7 @@ def score(model, x, y, task: pg.Task) -> float:
         return float(F.mse_loss(out.squeeze(-1), y))
 
 
-def grid_probe(task: pg.Task, n: int = 60):
+def grid_probe(task: pg.Task, n: int = 90):
     """A Snapshots probe: output surface and every hidden unit's map on an n x n grid (float16 to save memory)."""
     xx, yy, pts = pg.grid(GRID_LIM, n)
     pts = torch.as_tensor(pts)
@@ -250,25 +250,32 @@ def plot_surfaces(runs: dict, splits: dict, seed: int, n: int = 120):
 
 
 def output_gif(run: ToyRun, split: dict, path, fps: float = 8):
-    """Training GIF of the output surface with the validation points on top, titled with the step."""
+    """Training GIF of the output surface as filled contours (21 bands, ``plots.bands``) with the validation points
+    on top, titled with the step."""
     snaps, name = run.snapshots, models.LABELS[run.model_name]
     loss = run.history.df.set_index("step")["val_loss"]
     titles = [f"{run.dataset} · {name}\nstep {s}" + (f" · val loss {loss.get(s - 1, float('nan')):.3f}" if s else "")
               for s in snaps.at]
-    return animate.surface_gif([f["output"] for f in snaps.frames], titles, EXTENT, path, split["x_val"],
-                               split["y_val"], classification=run.task.kind == "classification", fps=fps)
+    clf = run.task.kind == "classification"
+    lo = 0.0 if clf else -1.0  # surface_gif's colour range (P(class 1), or the regression target's ±1)
+    surfaces = [plots.bands(f["output"], 21, lo, 1.0) for f in snaps.frames]  # filled contours: small GIFs
+    return animate.surface_gif(surfaces, titles, EXTENT, path, split["x_val"], split["y_val"], classification=clf,
+                               fps=fps)
 
 
 def hidden_gif(run: ToyRun, path, fps: float = 8):
-    """Training GIF of every hidden unit's map (one row per layer), titled with the step."""
+    """Training GIF of every hidden unit's map (one row per layer) as filled contours (15 bands over each layer's
+    final range), titled with the step."""
     snaps = run.snapshots
     first = {k: v.astype(np.float32) for k, v in snaps.frames[-1]["hidden"].items()}
     fig, images = plots.unit_grid(first, EXTENT, title="")
+    lims = {k: max(float(np.abs(v).max()), 1e-6) for k, v in first.items()}  # unit_grid's colour range per layer
 
     def update(i):
         for layer, ims in images.items():
+            maps = plots.bands(snaps.frames[i]["hidden"][layer], 15, -lims[layer], lims[layer])  # filled contours
             for u, im in enumerate(ims):
-                im.set_data(snaps.frames[i]["hidden"][layer][u].astype(np.float32))
+                im.set_data(maps[u])
         fig.suptitle(f"{run.dataset} · {models.LABELS[run.model_name]} hidden units · step {snaps.at[i]}",
                      fontsize="medium")
 

@@ -48,10 +48,12 @@ def bands(z, levels: int = 21, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarr
 
 
 def image(ax, z, extent, classification: bool = True, vlim: float | None = None):
-    """Fast imshow version of ``surface`` (for animation frames): returns the AxesImage to update."""
+    """Fast imshow version of ``surface`` (for animation frames): returns the AxesImage to update. Cells are drawn
+    as they are (no interpolation): with ``bands`` applied to the frames they look like filled contours, and a GIF
+    of them stays small (flat areas, and pixels that change only where a band edge moves)."""
     vmin, vmax = (0.0, 1.0) if classification else (-(vlim or 1.0), vlim or 1.0)
     im = ax.imshow(np.asarray(z), origin="lower", extent=extent, cmap=DIVERGING, vmin=vmin, vmax=vmax,
-                   interpolation="bilinear")
+                   interpolation="nearest")
     ax.set(xticks=[], yticks=[])
     return im
 
@@ -85,7 +87,7 @@ def unit_grid(layers: dict, extent, panel: float = 1.05, title: str = ""):
                 ax.axis("off")
                 continue
             images[name].append(ax.imshow(maps[c], origin="lower", extent=extent, cmap=DIVERGING,
-                                          vmin=-lim, vmax=lim))
+                                          vmin=-lim, vmax=lim, interpolation="nearest"))
         axes[r, 0].set_ylabel(name, fontsize="small")
     fig.suptitle(title, fontsize="medium")
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.02, top=0.86, wspace=0.05, hspace=0.08)
