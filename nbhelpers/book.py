@@ -424,8 +424,9 @@ def _duration(seconds) -> str:
 def compute_page(root: Path, stage: Path) -> str:
     """'What it costs': what each chapter of *this* book cost (profile, device, machine and wall time, read from the
     run headers in the executed chapters' metrics JSON) beside the measured cost of every profile
-    (``book/compute.yml``, the one data file the chapters' opening lines are also written from)."""
-    costs = read_yaml(root / COMPUTE_DATA)[0] or {}
+    (``book/compute.yml``, the one data file the chapters' opening lines are also written from; without it the
+    page has this book's figures only)."""
+    costs = (read_yaml(root / COMPUTE_DATA)[0] or {}) if (root / COMPUTE_DATA).exists() else {}
     out = ["# What it costs", "",
            "How long each chapter took to produce **this** book, read by the runner from the run headers of the "
            "executed chapters (the notebook's own clock, from its first cell to its last), and what a rerun costs "
@@ -710,7 +711,8 @@ def main(argv=None) -> int:
             load_profile(root, name)
         load_toc(root)
         read_yaml(root / "book" / "headlines.yml")  # the results page reads it after the chapters ran
-        read_yaml(root / COMPUTE_DATA)               # and the compute page this one
+        if (root / COMPUTE_DATA).exists():
+            read_yaml(root / COMPUTE_DATA)           # and the compute page this one (optional)
         chapters = [] if args.build_only else plan(root, args.profile, args.only, overrides)
     except RunnerError as e:
         print(f"error: {e}", file=sys.stderr)
