@@ -726,6 +726,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return _run(root, out, args, chapters)
+    except KeyboardInterrupt:  # one that arrived outside the chapter loop (staging, the HTML build, a cleanup)
+        print("\nstopped: interrupted; the previous executed copies and book are untouched", file=sys.stderr)
+        return 130
     finally:
         lock.release()
 
