@@ -577,13 +577,29 @@ def best_model(runs: list[VisionRun], group: str, dataset: str) -> str:
     return max(means, key=lambda k: np.mean(means[k]))
 
 
+CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def stayed_at_chance(r: VisionRun, margin: float = 0.05) -> bool:
+    """A run that did not train: its accuracy within ``margin`` of guessing (1 / classes). Comparing with it would
+    credit the other model with a failed optimisation, not with what the other model has."""
+    return r.acc < 1 / CLASSES.get(r.dataset, 10) + margin
+
+
 def per_dataset(runs: list[VisionRun], group: str, a: str, b: str, word) -> str:
     """One clause per dataset comparing the runs labelled ``b`` against ``a`` in one section (higher is better):
-    'on MNIST ' + word(seeds.differ(a, b)), joined by '; '."""
+    'on MNIST ' + word(seeds.differ(a, b)), joined by '; '. Where a run of either side stayed at chance, the
+    clause says so instead of comparing."""
     parts = []
     for d in dict.fromkeys(r.dataset for r in runs if r.group == group):
         x, y = accs(runs, group=group, dataset=d, label=a), accs(runs, group=group, dataset=d, label=b)
-        if x and y:
+        dead = [f"{sum(map(stayed_at_chance, rs))} of {len(rs)} runs of {label}" for label in (a, b)
+                if (rs := [r for r in runs if r.group == group and r.dataset == d and r.label == label])
+                and any(map(stayed_at_chance, rs))]
+        if dead:
+            parts.append(f"on {images.TITLES.get(d, d)} no comparison: {' and '.join(dead)} stayed at chance "
+                         "(did not train)")
+        elif x and y:
             parts.append(f"on {images.TITLES.get(d, d)} {word(seeds.differ(x, y))}")
     return "; ".join(parts) if parts else "was not run at this profile"
 
