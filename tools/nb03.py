@@ -349,7 +349,7 @@ goes on, and whether the 2×2 map does anything but shift weight between the fou
 """),
 ("code", r"""
 res.save()
-"""),
+""", ["remove-cell"]),   # writes the metrics JSON; nothing for the book's reader
 ]
 
 if __name__ == "__main__":
