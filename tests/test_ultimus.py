@@ -304,3 +304,12 @@ def test_prediction_snapshots_leave_training_unchanged_and_make_the_gif(tmp_path
     path = E.training_gif(on, data, tmp_path / "training.gif", diverge_factor=1.5)
     with Image.open(path) as im:
         assert im.n_frames == 3 and im.size[0] >= 320
+
+
+def test_an_unknown_optimiser_name_is_refused_not_replaced_by_adam():
+    import pytest
+
+    with pytest.raises(ValueError, match="optimizer='adamw_' is not allowed"):
+        E.Recipe("typo", optimizer="adamw_")
+    assert type(E.working().optimizer_for([torch.nn.Parameter(torch.zeros(1))])) is torch.optim.AdamW
+    assert type(E.original().optimizer_for([torch.nn.Parameter(torch.zeros(1))])) is torch.optim.Adam

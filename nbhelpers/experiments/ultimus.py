@@ -31,6 +31,9 @@ ORIGINAL = {"acc_epoch1": 18.29, "acc_epoch2": 18.51, "acc_epoch3": 18.72, "fina
             "diverged_epoch": 4, "diverged_loss": 53_460, "best_public": 62.25}
 
 
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Optimiser + OneCycle (per step) + augmentation. The original: Adam with coupled weight decay 5e-3, batch 512,
@@ -47,8 +50,12 @@ class Recipe:
     label_smoothing: float = 0.0
     augment: images.Augment = AUGMENT
 
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:  # a typo must not silently train with Adam
+            raise ValueError(f"optimizer={self.optimizer!r} is not allowed; choose one of {', '.join(OPTIMIZERS)}")
+
     def optimizer_for(self, params, fused: bool = False) -> torch.optim.Optimizer:
-        cls = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
+        cls = OPTIMIZERS[self.optimizer]
         return cls(params, lr=self.max_lr / self.div_factor, weight_decay=self.weight_decay,
                    **({"fused": True} if fused else {}))
 
