@@ -340,6 +340,14 @@ def clean_leftovers(out: Path) -> None:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+def _ignore_further_interrupts() -> None:
+    """While an interrupted run reports and cleans up, a second Ctrl-C / SIGTERM (or a SIGINT that reaches the
+    runner's process group while the kernel is being stopped) must not cut that short and kill the process by
+    signal instead of exiting 130."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _terminate_as_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -724,13 +732,17 @@ def main(argv=None) -> int:
     except (RunnerError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # restored at the end
     try:
         return _run(root, out, args, chapters)
     except KeyboardInterrupt:  # one that arrived outside the chapter loop (staging, the HTML build, a cleanup)
+        _ignore_further_interrupts()
         print("\nstopped: interrupted; the previous executed copies and book are untouched", file=sys.stderr)
         return 130
     finally:
         lock.release()
+        for sig, handler in handlers.items():   # a caller in the same process (a test, a notebook) gets them back
+            signal.signal(sig, handler)
 
 
 def _run(root: Path, out: Path, args, chapters: list[Chapter]) -> int:
@@ -759,6 +771,7 @@ def _run(root: Path, out: Path, args, chapters: list[Chapter]) -> int:
             execute(ch, stage, key=key)
             print(f"[{ch.stem}] {ch.status} in {ch.wall_s:.1f}s {ch.detail}", flush=True)
     except KeyboardInterrupt:
+        _ignore_further_interrupts()
         for ch in chapters:
             if ch.status == "pending":
                 ch.status, ch.detail = "stopped", "interrupted; the previous executed copy and book are untouched"
