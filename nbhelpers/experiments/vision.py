@@ -831,4 +831,4 @@ def styled(df: pd.DataFrame):
     return plots.table_style(df).format({"original %": "{:.2f}", "ms / 1000 img": "{:.1f}",
                                          "ms unsynced (original style)": "{:.1f}", "params": "{:,.0f}",
                                          "train imgs": "{:,.0f}", "seeds": "{:.0f}", "epochs": "{:.0f}"},
-                                        na_rep="—")
+                                        na_rep="—", precision=2)
