@@ -28,6 +28,12 @@ import torch
 FP16_MAX_SKIPS = 20  # fp16 steps in a row the loss scaler may skip (halving its scale each time) before the run stops
 
 
+
+def count_params(model) -> int:
+    """Every parameter of a torch module, trained or fixed (the repaired vision model's data-derived whitening
+    filters and unit BatchNorm scales count against its budget too)."""
+    return sum(p.numel() for p in model.parameters())
+
 def progress_bar(*args, **kw):
     """``tqdm(*args, **kw)``, as a widget in Jupyter/Colab (where ipywidgets is installed) and as text elsewhere.
 

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from . import count_params  # noqa: F401  (re-exported)
+from ...train import count_params  # noqa: F401  (re-exported)
 
 CONVS = ("linear", "bn_relu")
 SCALES = ("inside", "after")

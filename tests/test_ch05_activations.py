@@ -9,9 +9,9 @@ matplotlib.use("Agg")
 
 from conftest import gif_frames  # noqa: E402
 from nbhelpers import runtime  # noqa: E402
-from nbhelpers.data import moons  # noqa: E402
-from nbhelpers.experiments import activations as ex  # noqa: E402
-from nbhelpers.models import activations as models  # noqa: E402
+from nbhelpers.chapters.ch05_activations import data as moons  # noqa: E402
+from nbhelpers.chapters.ch05_activations import experiment as ex  # noqa: E402
+from nbhelpers.chapters.ch05_activations import models as models  # noqa: E402
 from nbhelpers.viz import plots  # noqa: E402
 
 FIT = {"abs_abs", "exp_exp", "exp_cos", "sin_sin", "square", "relu", "sigmoid", "sort", "permute"}

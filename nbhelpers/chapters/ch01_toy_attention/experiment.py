@@ -15,12 +15,12 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from .. import runtime
-from .. import seeds as seeds_mod
-from .. import train as training
-from ..data import playground as pg
-from ..models import toy as models
-from ..viz import animate, plots
+from ... import runtime
+from ... import seeds as seeds_mod
+from ... import train as training
+from . import data as pg
+from . import models as models
+from ...viz import animate, plots
 
 GRID_LIM = 6.5
 EXTENT = (-GRID_LIM, GRID_LIM, -GRID_LIM, GRID_LIM)
@@ -107,7 +107,7 @@ def _train_one(split: dict, model_name: str, seed: int, epochs: int | None = Non
 
 def run_grid(splits: dict, model_names, seeds, epochs_scale: float = 1.0, progress: bool = True, **kw):
     """Every dataset x model x seed; returns {(dataset, model, seed): ToyRun}."""
-    from ..train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
+    from ...train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
 
     jobs = [(d, m, s) for d in splits for m in model_names for s in seeds]
     runs = {}
@@ -540,7 +540,7 @@ def ceiling_study(splits: dict, seeds, configs, epochs_scale: float = 1.0, n_tes
                   progress: bool = True) -> pd.DataFrame:
     """Heads over a grid of configurations x classification datasets x seeds: validation accuracy (the original's
     500 points, used to choose) and accuracy on an independent held-out draw of n_test points (used to judge)."""
-    from ..train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
+    from ...train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
 
     rows = []
     jobs = [(d, c) for d in splits if splits[d]["task"].kind == "classification" for c in configs]

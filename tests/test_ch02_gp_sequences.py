@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nbhelpers.data import gp
+from nbhelpers.chapters.ch02_gp_sequences import data as gp
 
 
 def _pair(n_points=40, noise=0.1, kernel="rbf", seed=3):
@@ -129,8 +129,8 @@ def test_order_violation_is_small_when_the_gap_is_seen():
 
 # ---------------------------------------------------------------- models and losses
 
-from nbhelpers.experiments import gp as gpx  # noqa: E402
-from nbhelpers.models import gp as models  # noqa: E402
+from nbhelpers.chapters.ch02_gp_sequences import experiment as gpx  # noqa: E402
+from nbhelpers.chapters.ch02_gp_sequences import models as models  # noqa: E402
 
 
 def _inp(n_points=24, seed=0):

@@ -18,11 +18,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch.nn import functional as F
 
-from .. import runtime, seeds
-from .. import train as training
-from ..data import moons
-from ..models import activations as models
-from ..viz import animate, plots
+from ... import runtime, seeds
+from ... import train as training
+from . import data as moons
+from . import models as models
+from ...viz import animate, plots
 
 LAYERS = ("fc1", "fc2", "fc3")
 
@@ -196,7 +196,7 @@ def _train_one(data, variant, seed, steps, lr, frames, device) -> MoonsRun:
 def run_all(data: dict, variants, seeds, steps: int = 1000, lr: float = 0.01, frames: int = 0, device="cpu",
             progress: bool = True) -> dict:
     """Every variant x seed; frames are recorded for the first seed only. Returns {(variant, seed): MoonsRun}."""
-    from ..train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
+    from ...train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
 
     jobs = [(v, s) for v in variants for s in seeds]
     return {(v, s): train_one(data, v, s, steps, lr, frames if s == seeds[0] else 0, device)

@@ -11,11 +11,11 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from .. import lr_range, seeds as S
-from .. import train as training
-from ..data import images
-from ..models import ultimus as U
-from ..viz import animate, plots
+from ... import lr_range, seeds as S
+from ... import train as training
+from ...data import images
+from . import models as U
+from ...viz import animate, plots
 
 # the original's normalisation statistics and augmentation (pad 40 reflect + crop 32, flip, one 16×16 hole p .5
 # filled with the mean)

@@ -4,9 +4,9 @@ Prints the accuracy-vs-epoch curve with the training seconds of each epoch and w
 full-size figure can be measured on a CPU when no GPU is lent (README, chapter 3): the repaired recipe and its
 control, or one of the original's table-1 models trained longer than its 1 epoch.
 
-    NBHELPERS_DATA=../shared/data python tools/vision_curve.py --epochs 10 --out /tmp/v
-    NBHELPERS_DATA=../shared/data python tools/vision_curve.py --model convnet --epochs 10 --out /tmp/v   # control
-    NBHELPERS_DATA=../shared/data python tools/vision_curve.py --recipe original --model vit --dataset mnist \
+    NBHELPERS_DATA=../shared/data python tools/ch03_curve.py --epochs 10 --out /tmp/v
+    NBHELPERS_DATA=../shared/data python tools/ch03_curve.py --model convnet --epochs 10 --out /tmp/v   # control
+    NBHELPERS_DATA=../shared/data python tools/ch03_curve.py --recipe original --model vit --dataset mnist \
         --epochs 14 --out /tmp/t1     # table 1's ViT (bug-compatible, the original recipe) for 14 epochs
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 
 from nbhelpers import runtime
 from nbhelpers.data import images
-from nbhelpers.experiments import vision as E
-from nbhelpers.models import vision as V
+from nbhelpers.chapters.ch03_vit_hybrid import experiment as E
+from nbhelpers.chapters.ch03_vit_hybrid import models as V
 
 
 def main(argv=None) -> int:

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import train as training
-from ..data import gp as data
-from ..models import gp as models
-from ..viz import animate, plots
+from ... import train as training
+from . import data as data
+from . import models as models
+from ...viz import animate, plots
 
 REGIMES = ("shuffle", "full_infer", "half_half", "infer")
 
@@ -291,7 +291,7 @@ def train_rows(keys, train_pairs, val_pairs, cfg: Config, seeds, device="cpu", p
     run is seeded on its own, so the results are the same as with one worker at one thread. ``snap``: the runs
     it names (``Snap.wants``) also record training-GIF frames (``train_row``).
     """
-    from ..train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
+    from ...train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
 
     todo = [(s, k) for s in seeds for k in keys if ROWS[k].trains]
     snaps = {(s, k): snap if snap is not None and snap.wants(k, s) else None for s, k in todo}

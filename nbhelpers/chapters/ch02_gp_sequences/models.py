@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
-from . import count_params  # noqa: F401  (re-exported: models.<family>.count_params)
+from ...train import count_params  # noqa: F401  (re-exported: models.<family>.count_params)
 
 # the original's x discretisation: index = 200 + position of the first grid value >= x on np.arange(1, 15.1, 0.05)
 # (282 values, 1 to 15.05; beyond the grid: its last index); 0 = padding; one embedding table of VOCAB rows

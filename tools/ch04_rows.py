@@ -5,7 +5,7 @@ repaired model and its no-attention control) with the notebook's own code and re
 max test accuracy with its wall time, and writes them as JSON — so a full-size figure can be measured on a CPU
 and quoted in the README with the command that produced it.
 
-    NBHELPERS_DATA=../shared/data python tools/ultimus_rows.py --rows repaired repaired_noattn --seeds 0 --out /tmp/u
+    NBHELPERS_DATA=../shared/data python tools/ch04_rows.py --rows repaired repaired_noattn --seeds 0 --out /tmp/u
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from nbhelpers import runtime, seeds as S
-from nbhelpers.experiments import ultimus as E
+from nbhelpers.chapters.ch04_ultimus import experiment as E
 
 ROWS = {r.key: r for r in E.faithful_rows(E.ORIGINAL_MAX_LR, 512) + E.repair_rows(0.01, 512, 0.02, 256)
         + [E.ablation(a, E.ORIGINAL_MAX_LR, 512) for a in E.ABLATIONS]}

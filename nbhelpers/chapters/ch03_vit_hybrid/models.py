@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from vit_pytorch import ViT
 from vit_pytorch.deepvit import DeepViT
 from vit_pytorch.vit import Transformer
-from . import count_params  # noqa: F401  (re-exported: models.<family>.count_params)
+from ...train import count_params  # noqa: F401  (re-exported: models.<family>.count_params)
 
 MODELS = ("cnn", "vit", "deepvit", "hybrid")
 VIT_DIMS = dict(dim=128, depth=6, heads=4, mlp_dim=256, dropout=0.1, emb_dropout=0.1)

@@ -7,8 +7,8 @@ import torch
 
 from nbhelpers import lr_range, train
 from nbhelpers.data import images
-from nbhelpers.experiments import ultimus as E
-from nbhelpers.models import ultimus as U
+from nbhelpers.chapters.ch04_ultimus import experiment as E
+from nbhelpers.chapters.ch04_ultimus import models as U
 
 
 def _data(n=64, n_test=32):

@@ -1,7 +1,7 @@
 """Chapter 2 at the original's geometry, repaired model only: evidence for the targets where the full profile
 (every row, 20k steps each) cannot run.
 
-Same data and code as the notebook (``nbhelpers.experiments.gp``): 150k pairs of 400 distinct points (80/20
+Same data and code as the notebook (``nbhelpers.chapters.ch02_gp_sequences.experiment``): 150k pairs of 400 distinct points (80/20
 split), the original's inference layout (all of series 1, then 50 series-0 points picked among its lowest 120),
 the repaired model trained in that layout with the exact NLL, Adam, batch 64. Prints the metrics on the first ``--n-eval`` test pairs every ``steps / evals`` steps, then a final JSON
 line on all ``--n-test`` sorted test pairs (mean |first-step error|, rollout RMSE; with ``--noise`` also the
@@ -10,9 +10,9 @@ teacher-forced target log-likelihood per point against the exact GP posterior's,
 Model defaults are the chapter's full profile (``gpx.Config``: 64 x 2, self-feeding, Adam 3e-4, a correction on the
 parameter-free baseline; ``--no-on-baseline`` trains the attention-only control).
 
-    python tools/gp_full_geometry.py --steps 3000 --evals 3 --n-train 50000   # noise-free (1 CPU thread)
-    python tools/gp_full_geometry.py --steps 4000 --noise 0.1                 # noisy variant, loglik vs the oracle
-    python tools/gp_full_geometry.py --steps 4000 --no-self-feed              # trained on true values only
+    python tools/ch02_full_geometry.py --steps 3000 --evals 3 --n-train 50000   # noise-free (1 CPU thread)
+    python tools/ch02_full_geometry.py --steps 4000 --noise 0.1                 # noisy variant, loglik vs the oracle
+    python tools/ch02_full_geometry.py --steps 4000 --no-self-feed              # trained on true values only
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ import torch
 
 from nbhelpers import runtime
 from nbhelpers import train as training
-from nbhelpers.data import gp as data
-from nbhelpers.experiments import gp as gpx
-from nbhelpers.models import gp as models
+from nbhelpers.chapters.ch02_gp_sequences import data as data
+from nbhelpers.chapters.ch02_gp_sequences import experiment as gpx
+from nbhelpers.chapters.ch02_gp_sequences import models as models
 
 
 def positive(kind):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from nbhelpers.data import images
-from nbhelpers.experiments import vision as E
-from nbhelpers.models import vision as V
+from nbhelpers.chapters.ch03_vit_hybrid import experiment as E
+from nbhelpers.chapters.ch03_vit_hybrid import models as V
 
 MNIST, CIFAR = (28, 28, 1), (32, 32, 3)
 

@@ -1,4 +1,4 @@
-"""Writes notebooks/03_vit_hybrid.ipynb (output-free). Edit here, run `python tools/nb03.py`, commit both."""
+"""Writes notebooks/03_vit_hybrid.ipynb (output-free). Edit here, run `python tools/ch03_notebook.py`, commit both."""
 from pathlib import Path
 
 from nbbuild import COLAB, figure, wide_tables, write
@@ -69,8 +69,8 @@ import dataclasses
 
 from nbhelpers import params, results, runtime
 from nbhelpers.data import images
-from nbhelpers.experiments import vision as E
-from nbhelpers.models import vision as V
+from nbhelpers.chapters.ch03_vit_hybrid import experiment as E
+from nbhelpers.chapters.ch03_vit_hybrid import models as V
 from nbhelpers.viz import animate, style
 
 P = params.check(
@@ -147,7 +147,7 @@ A caution about table 1 itself: the commit that produced it (`b854764`) defaulte
 still said "default: 14", and its CIFAR-10 CNN scored 57.78 % in table 1 against 57.39 % after 15 epochs in
 table 2 — as if table 1 had been trained longer than its stated epoch. And trained for 14 epochs with the same
 recipe on the full data, table 1's ViT on MNIST reaches the original's table-1 number exactly (one seed, measured
-on a CPU with `tools/vision_curve.py`; the README has the curve), while after 1 epoch it is well below it. So table 1
+on a CPU with `tools/ch03_curve.py`; the README has the curve), while after 1 epoch it is well below it. So table 1
 was most likely a 14-epoch run. This page keeps SPEC's reading (1 epoch) for its like-for-like rows and says so;
 `-p table1_epochs 14` runs the whole table at 14 epochs.
 

@@ -5,14 +5,14 @@
   with worker processes, batch 512;
 - eager: the whole uint8 dataset resident on the device, batched augmentation there (images.DeviceBatches), the
   eager model;
-- fast: the same data path plus the fast path of nbhelpers.experiments.ultimus (channels-last, torch.compile in
+- fast: the same data path plus the fast path of nbhelpers.chapters.ch04_ultimus.experiment (channels-last, torch.compile in
   "reduce-overhead" mode = CUDA graphs, fused Adam, static shapes).
 All three train with train.fit (the chapter's loop, guard included) and the original recipe at a tenth of its
 peak, so that every run completes its epochs. Each pipeline gets one warm-up epoch first (compilation, cuDNN
 autotuning, worker start-up; reported separately), then the timed epochs. Prints seconds and ratios.
 
-    python bench/ultimus_speed.py                                      # 24 epochs, all 50k images, auto device
-    python bench/ultimus_speed.py --epochs 1 --n-train 5000 --device cpu   # a CPU-sized check
+    python bench/ch04_speed.py                                      # 24 epochs, all 50k images, auto device
+    python bench/ch04_speed.py --epochs 1 --n-train 5000 --device cpu   # a CPU-sized check
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from torchvision import transforms
 
 from nbhelpers import runtime
 from nbhelpers import train as training
-from nbhelpers.experiments import ultimus as E
-from nbhelpers.models import ultimus as U
-from train_throughput import PerSample  # the per-sample Dataset of the chapter-3 bench (same folder)
+from nbhelpers.chapters.ch04_ultimus import experiment as E
+from nbhelpers.chapters.ch04_ultimus import models as U
+from ch03_throughput import PerSample  # the per-sample Dataset of the chapter-3 bench (same folder)
 
 
 def original_loader(data, batch_size: int, workers: int, pin: bool) -> DataLoader:

@@ -12,11 +12,11 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from .. import runtime, seeds
-from .. import train as training
-from ..data import images
-from ..models import vision as V
-from ..viz import animate, plots
+from ... import runtime, seeds
+from ... import train as training
+from ...data import images
+from . import models as V
+from ...viz import animate, plots
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -473,7 +473,7 @@ def run_specs(datasets: dict, specs, seed_list, device, progress: bool = True,
     """Every spec on every dataset for every seed (data absent from ``datasets`` is skipped). ``on_step``: a
     factory ``(spec, data, seed) -> callback or None`` (e.g. ``attention_snapshots``); a run that gets a callback
     passes it to ``train_model(on_step=...)`` and keeps it as ``VisionRun.snapshots``."""
-    from ..train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
+    from ...train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
 
     jobs = [(sp, d, s) for sp in specs for d in datasets for s in seed_list if sp.epochs > 0]
     out = []

@@ -5,8 +5,8 @@ Adam 1e-4. Ours: the whole uint8 dataset resident on the device (nbhelpers.data.
 conversion/normalisation on the device — at the same batch 64, and at batch 256 (+ bf16
 autocast on a GPU). Prints images/s per model and the ratio against the original pipeline.
 
-    python bench/train_throughput.py                       # MNIST, cnn/vit/hybrid, auto device
-    python bench/train_throughput.py --dataset cifar10 --steps 200 --device cuda
+    python bench/ch03_throughput.py                       # MNIST, cnn/vit/hybrid, auto device
+    python bench/ch03_throughput.py --dataset cifar10 --steps 200 --device cuda
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from torchvision import transforms
 
 from nbhelpers import runtime
 from nbhelpers.data import images
-from nbhelpers.models import vision as V
+from nbhelpers.chapters.ch03_vit_hybrid import models as V
 
 
 class PerSample(Dataset):

@@ -1,0 +1,1 @@
+"""One package per chapter (``chNN_<notebook name>``): its data, models and experiment."""

@@ -1,1 +1,0 @@
-"""Chapter experiments: the runs, tables and figures each notebook calls."""
