@@ -94,6 +94,7 @@ class Results:
         self.chapter, self.run = chapter, run
         self.values: dict = {}
         self.tables: dict = {}
+        self.patterns: dict = {}   # {key pattern: [the keys glued under it]} (``glue_rows``)
         chosen = parameters if parameters is not None else params.last_checked
         self.parameters = copy.deepcopy(chosen) if chosen is not None else None
         self.code = code_version()
@@ -110,6 +111,26 @@ class Results:
         _glue(key, value)
         return value
 
+    def glue_rows(self, rows, pattern: str, value):
+        """Glue one value per row under a key pattern declared once, e.g.
+        ``res.glue_rows(table, "{dataset}_{model}_pm", "result")``: the key is ``pattern.format(**row)`` and the
+        value ``row[value]`` (a column name) or ``value(row)`` (a callable; returning None skips the row).
+        ``rows``: a DataFrame (its index columns included, by name) or an iterable of mappings. The pattern and
+        its keys are recorded in the metrics JSON (``patterns``), so a test or ``book/headlines.yml`` can list
+        every key the chapter glues."""
+        if isinstance(rows, pd.DataFrame):
+            frame = rows.reset_index() if any(n is not None for n in rows.index.names) else rows
+            rows = [r for _, r in frame.iterrows()]
+        keys = self.patterns.setdefault(pattern, [])
+        for row in rows:
+            v = value(row) if callable(value) else row[value]
+            if v is None:
+                continue
+            key = pattern.format(**dict(row))
+            self.glue(key, v)
+            keys.append(key)
+        return keys
+
     def table(self, key: str, df: pd.DataFrame) -> pd.DataFrame:
         """Glue a table (``{glue:figure}`` or ``{glue}`` in prose) and record its rows."""
         if key in self.values or key in self.tables:
@@ -121,7 +142,7 @@ class Results:
     def as_dict(self) -> dict:
         return {"chapter": self.chapter, "run": self.run.as_dict() if self.run else None,
                 "parameters": _plain(self.parameters), "code": self.code,
-                "values": _plain(self.values), "tables": self.tables}
+                "values": _plain(self.values), "tables": self.tables, "patterns": self.patterns}
 
     def save(self, folder: str | os.PathLike = ".") -> Path:
         """Write the metrics JSON atomically; returns its path."""

@@ -17,6 +17,7 @@ import random
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -29,10 +30,86 @@ FP16_MAX_SKIPS = 20  # fp16 steps in a row the loss scaler may skip (halving its
 
 
 
+
 def count_params(model) -> int:
     """Every parameter of a torch module, trained or fixed (the repaired vision model's data-derived whitening
     filters and unit BatchNorm scales count against its budget too)."""
     return sum(p.numel() for p in model.parameters())
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+SCHEDULES = ("none", "onecycle", "step", "triangle")
+
+
+def choose(what: str, name, allowed) -> None:
+    """Refuse a name that is not one of ``allowed`` (a typo must never silently pick a default)."""
+    if name not in allowed:
+        raise ValueError(f"{what}={name!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def optimizer(name: str, params, **kw) -> torch.optim.Optimizer:
+    """The optimiser called ``name`` (adam, adamw, sgd) over ``params`` (tensors or param groups)."""
+    choose("optimizer", name, OPTIMIZERS)
+    return OPTIMIZERS[name](params, **kw)
+
+
+def schedule(name: str, opt: torch.optim.Optimizer, total_steps: int, **kw):
+    """``(scheduler, "step" | "epoch")``: when ``fit`` should step it; ``(None, "step")`` for ``none``.
+
+    - ``onecycle``: ``OneCycleLR`` over ``total_steps`` (``kw``: max_lr, pct_start, anneal_strategy, div_factor ...);
+    - ``step``: ``StepLR(step_size=1, gamma=kw.get("gamma", 0.7))``, stepped per epoch;
+    - ``triangle``: airbench's piecewise-linear factor 0.2 -> 1 at 23 % of the steps -> 0.07 at the end."""
+    choose("schedule", name, SCHEDULES)
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, total_steps=total_steps, **kw), "step"
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=kw.get("gamma", 0.7)), "epoch"
+    if name == "triangle":
+        xp = [0, int(0.23 * total_steps), total_steps]
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: float(np.interp(i, xp, [0.2, 1.0, 0.07]))), "step"
+    return None, "step"
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module):
+    """``model`` in eval mode inside the block, then back in the mode it was in (train or eval)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def epoch_curve(history: "History", **columns) -> pd.DataFrame:
+    """One row per epoch (1-based ``epoch``) from a per-step history: ``columns`` are pandas named aggregations,
+    e.g. ``train_loss=("train_loss", "mean"), test_acc=("test_acc", "last")``; empty when nothing was recorded."""
+    df = history.df
+    if not len(df):
+        return pd.DataFrame(columns=["epoch", *columns])
+    return df.groupby("epoch").agg(**columns).reset_index().assign(epoch=lambda d: d.epoch + 1)
+
+
+def grid(jobs, run: Callable, desc: str = "runs", progress: bool = True, mininterval: float = 5) -> list:
+    """``[run(*job) for job in jobs]`` (a job that is not a tuple is passed as one argument), with a progress bar."""
+    jobs = list(jobs)
+    return [run(*job) if isinstance(job, tuple) else run(job)
+            for job in progress_bar(jobs, desc=desc, disable=not progress, mininterval=mininterval)]
+
+
+@dataclass(kw_only=True)
+class Run:
+    """What every chapter's run record has (each chapter subclasses it with its own fields): a ``label`` (the row
+    or configuration it belongs to), its ``seed``, the trained ``model``, the ``fit`` ``history``, the parameter
+    count and the training-GIF ``snapshots`` when they were recorded."""
+
+    label: str
+    seed: int = 0
+    model: torch.nn.Module | None = field(default=None, repr=False)
+    history: "History | None" = field(default=None, repr=False)
+    params: int = 0
+    snapshots: "Snapshots | None" = field(default=None, repr=False)
+
 
 def progress_bar(*args, **kw):
     """``tqdm(*args, **kw)``, as a widget in Jupyter/Colab (where ipywidgets is installed) and as text elsewhere.
@@ -374,12 +451,9 @@ class Snapshots:
         self.at: list[int] = []
 
     def record(self, step: int, model: torch.nn.Module) -> None:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             self.frames.append(self.probe(model))
         self.at.append(step)
-        model.train(was_training)
 
     def __call__(self, step: int, model: torch.nn.Module) -> None:
         if step in self.steps:
@@ -404,14 +478,12 @@ def classifier_metrics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                        batch: int = 1000, amp_dtype: torch.dtype | None = None) -> dict:
     """Mean cross-entropy and accuracy of a classifier over (x, y) in chunks of ``batch``, in eval mode (restoring
     the previous mode). ``transform`` maps a raw chunk to the model's input (e.g. uint8 -> normalised float)."""
-    was_training = model.training
-    model.eval()
     loss, correct = torch.zeros((), device=y.device), torch.zeros((), device=y.device, dtype=torch.long)
-    for i in range(0, len(y), batch):
-        xb = x[i:i + batch] if transform is None else transform(x[i:i + batch])
-        with torch.autocast(xb.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(xb).float()
-        loss += torch.nn.functional.cross_entropy(out, y[i:i + batch], reduction="sum")
-        correct += (out.argmax(-1) == y[i:i + batch]).sum()
-    model.train(was_training)
+    with evaluating(model):
+        for i in range(0, len(y), batch):
+            xb = x[i:i + batch] if transform is None else transform(x[i:i + batch])
+            with torch.autocast(xb.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(xb).float()
+            loss += torch.nn.functional.cross_entropy(out, y[i:i + batch], reduction="sum")
+            correct += (out.argmax(-1) == y[i:i + batch]).sum()
     return {"loss": float(loss) / len(y), "acc": float(correct) / len(y)}
