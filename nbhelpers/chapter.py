@@ -14,6 +14,7 @@ and the chapter's own cross-parameter checks (``validate``), which run before an
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,6 +35,40 @@ class Opening:
     seeds: list               # seed, seed + 1, ..., seed + seeds - 1 ([seed] when the chapter has no `seeds`)
 
 
+class Checked(Exception):
+    """Raised by ``start`` inside ``checking_only()`` once the parameters have passed: nothing was seeded or run."""
+
+
+_checking_only = False
+
+
+@contextmanager
+def checking_only():
+    """Inside the block ``start`` checks and validates the parameters, then raises ``Checked`` (the sweep's
+    pre-check and the parameter fuzz tests run a notebook's opening this way, computing nothing)."""
+    global _checking_only
+    before, _checking_only = _checking_only, True
+    try:
+        yield
+    finally:
+        _checking_only = before
+
+
+def is_opening(stmt) -> bool:
+    """Whether an ``ast`` statement of a notebook's validation cell is its opening call: ``params.check(...)`` or
+    ``<chapter>.start(globals(), ...)``."""
+    import ast
+
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "check" and isinstance(node.func.value, ast.Name) and node.func.value.id == "params":
+                return True
+            if node.func.attr == "start" and node.args and isinstance(node.args[0], ast.Call) \
+                    and getattr(node.args[0].func, "id", None) == "globals":
+                return True
+    return False
+
+
 def name_of(module: str) -> str:
     """``nbhelpers.chapters.ch05_activations[.experiment]`` -> ``05_activations``."""
     m = PACKAGE.match(module)
@@ -51,6 +86,8 @@ def start(namespace: dict, module: str, validate: Callable[[dict], None] | None 
     checked = params.check(namespace, name, **params.common(), **specs)
     if validate is not None:
         validate(checked)
+    if _checking_only:
+        raise Checked(name)
     if checked.get("cpu_threads"):
         import torch
 

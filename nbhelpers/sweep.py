@@ -112,8 +112,8 @@ def folder_name(combo: dict) -> str:
 
 
 def _check_code(source: Path):
-    """The notebook's parameters cell and the statements of the next cell up to its ``params.check(...)`` call
-    (the imports and the check), as (parameters source, check source); None where that shape is not found."""
+    """The notebook's parameters cell and the statements of the next cell up to its opening call
+    (``<chapter>.start(globals(), ...)`` or ``params.check(...)``: the imports and the check), as (parameters source, check source); None where that shape is not found."""
     import nbformat
 
     cells = nbformat.read(source, as_version=4).cells
@@ -128,10 +128,10 @@ def _check_code(source: Path):
         tree = ast.parse(code[0].source)
     except SyntaxError:  # IPython magics and the like: leave the values to the run's own check
         return None
+    from .chapter import is_opening
+
     for i, stmt in enumerate(tree.body):
-        calls = [n for n in ast.walk(stmt) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-                 and n.func.attr == "check" and isinstance(n.func.value, ast.Name) and n.func.value.id == "params"]
-        if calls:
+        if is_opening(stmt):
             return cells[tagged[0]].source, ast.unparse(ast.Module(body=tree.body[:i + 1], type_ignores=[]))
     return None
 
@@ -142,11 +142,16 @@ def precheck(source: Path, params: dict) -> str | None:
     code = _check_code(source)
     if code is None:
         return None
+    from .chapter import Checked, checking_only
+
     namespace: dict = {}
     try:
         exec(compile(code[0], f"{source.name} (parameters cell)", "exec"), namespace)
         namespace.update(params)
-        exec(compile(code[1], f"{source.name} (check cell)", "exec"), namespace)
+        with checking_only():
+            exec(compile(code[1], f"{source.name} (check cell)", "exec"), namespace)
+    except Checked:
+        return None
     except ValueError as e:
         return str(e)
     except Exception:  # noqa: BLE001 - a cell shaped differently: the run's own check still guards it

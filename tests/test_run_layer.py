@@ -80,3 +80,14 @@ def test_start_checks_validates_before_seeding_then_opens_the_run(monkeypatch, c
     with pytest.raises(ValueError, match="unknown parameter"):
         chapter.start({**ns, "lrr": 1}, "nbhelpers.chapters.ch05_activations", seeds=params.Int(1, 9),
                       lr=params.Float(0, 1))
+
+
+def test_checking_only_stops_after_the_parameters_pass(monkeypatch):
+    monkeypatch.setattr(chapter.runtime, "start", lambda *a: pytest.fail("start seeded a run while checking only"))
+    ns = {"profile": "full", "seed": 0, "device": "cpu"}
+    with pytest.raises(chapter.Checked), chapter.checking_only():
+        chapter.start(ns, "nbhelpers.chapters.ch05_activations")
+    import ast
+    assert chapter.is_opening(ast.parse("book = ch.start(globals(), n=params.Int(1, 2))").body[0])
+    assert chapter.is_opening(ast.parse("P = params.check(globals(), 'x')").body[0])
+    assert not chapter.is_opening(ast.parse("run = runtime.start(profile, seed)").body[0])
