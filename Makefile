@@ -13,12 +13,14 @@ VENV_OK := $(PY) -c 'import sys, pip; sys.exit(sys.version_info < $(PY_MIN))' >/
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: book chapter test venv browser clean help
+.PHONY: book chapter test venv browser clean help nb lint
 
 help:
 	@echo "make book [PROFILE=quick|smoke|full] [P=--force]   execute the chapters whose inputs changed, build _build/html"
 	@echo "make chapter NB=01 [PROFILE=..] [P='-p name value ...']   one chapter (then rebuild the book)"
 	@echo "make test                                unit tests + smoke run of every chapter + book build"
+	@echo "make nb                                  normalise the notebooks after editing them (tools/nb.py)"
+	@echo "make lint                                ruff + the notebook check (what the pre-commit hook runs)"
 
 venv: $(STAMP)
 
@@ -52,6 +54,13 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+nb: $(STAMP)
+	$(PY) tools/nb.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check
+	$(PY) tools/nb.py --check
 
 clean:
 	rm -rf _build

@@ -16,15 +16,22 @@ HEAD = ("# full: the original experiments at their own sizes — the defaults of
         "# Written by tools/full_profile.py from the notebooks; a test keeps the two equal.\n")
 
 
-def main() -> None:
+TARGET = ROOT / "nbhelpers" / "profiles" / "full.yml"
+
+
+def render() -> str:
+    """The file's text from the notebooks' parameters cells."""
     out = {}
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cell = next(c for c in nbformat.read(path, 4).cells if "parameters" in c.metadata.get("tags", []))
         out[path.stem] = {n.target.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body
                           if isinstance(n, ast.AnnAssign)}
-    target = ROOT / "nbhelpers" / "profiles" / "full.yml"
-    target.write_text(HEAD + yaml.safe_dump(out, sort_keys=False, width=120, default_flow_style=None))
-    print(f"wrote {target}")
+    return HEAD + yaml.safe_dump(out, sort_keys=False, width=120, default_flow_style=None)
+
+
+def main() -> None:
+    TARGET.write_text(render())
+    print(f"wrote {TARGET}")
 
 
 if __name__ == "__main__":
