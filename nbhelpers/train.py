@@ -243,6 +243,12 @@ def fit(
 ) -> History:
     """Train ``model`` for ``epochs`` passes over ``batches``.
 
+    One meaning of "epoch" in every chapter: **one pass over ``batches``**, ended by an evaluation (unless
+    ``eval_every`` says otherwise) and numbered in the history's ``epoch`` column. Over a fixed dataset that is
+    one pass over the data (chapters 3 and 4); full-batch training yields one batch per pass, so an epoch is one
+    step (chapters 1 and 5); a generated stream (chapter 2) yields ``steps / evaluations`` batches per pass, so an
+    epoch is one evaluation interval.
+
     evaluate(model) -> dict of metrics, called every ``eval_every`` steps (None: at the end of each epoch), in
     eval mode under no_grad. on_step(step, model) runs after every optimiser step (e.g. to capture GIF frames).
     diverge_factor: a training loss above factor × the first step's loss (e.g. 100) counts as divergence.
