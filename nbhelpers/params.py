@@ -115,29 +115,26 @@ class Float(_Range):
     types, noun, kind = (int, float), "a number", "float"
 
 
-class Bool(Spec):
-    kind = "bool"
+class _OfType(Spec):
+    """Any value of one Python type."""
+    type, words = object, "a value"
 
     def __call__(self, name, value):
-        if not isinstance(value, bool):
+        if not isinstance(value, self.type):
             raise _bad(name, value, self.describe())
         return value
 
     def describe(self):
-        return "True or False"
+        return self.words
 
 
-class Text(Spec):
+class Bool(_OfType):
+    kind, type, words = "bool", bool, "True or False"
+
+
+class Text(_OfType):
     """Any string (e.g. a folder; "" for none)."""
-    kind = "str"
-
-    def __call__(self, name, value):
-        if not isinstance(value, str):
-            raise _bad(name, value, self.describe())
-        return value
-
-    def describe(self):
-        return "a string"
+    kind, type, words = "str", str, "a string"
 
 
 def profile_dir() -> Path:
