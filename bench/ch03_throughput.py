@@ -14,7 +14,6 @@ import argparse
 import itertools
 import time
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.nn import functional as F
@@ -75,7 +74,8 @@ def main(argv=None):
     stats = tuple(s * data.shape[-1] for s in images.MNIST_STATS)
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*stats)])
     original = DataLoader(PerSample(data.x_train, data.y_train, tf), batch_size=64, shuffle=True,
-                          num_workers=args.workers, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+                          num_workers=args.workers, pin_memory=device.type == "cuda",
+                          persistent_workers=args.workers > 0)
     ours64 = images.DeviceBatches(data.x_train, data.y_train, 64, device, stats)
     ours256 = images.DeviceBatches(data.x_train, data.y_train, 256, device, stats)
     amp = device.type == "cuda"

@@ -5,8 +5,8 @@
   with worker processes, batch 512;
 - eager: the whole uint8 dataset resident on the device, batched augmentation there (images.DeviceBatches), the
   eager model;
-- fast: the same data path plus the fast path of nbhelpers.chapters.ch04_ultimus.experiment (channels-last, torch.compile in
-  "reduce-overhead" mode = CUDA graphs, fused Adam, static shapes).
+- fast: the same data path plus the fast path of nbhelpers.chapters.ch04_ultimus.experiment (channels-last,
+  torch.compile in "reduce-overhead" mode = CUDA graphs, fused Adam, static shapes).
 All three train with train.fit (the chapter's loop, guard included) and the original recipe at a tenth of its
 peak, so that every run completes its epochs. Each pipeline gets one warm-up epoch first (compilation, cuDNN
 autotuning, worker start-up; reported separately), then the timed epochs. Prints seconds and ratios.
@@ -25,7 +25,7 @@ from torchvision import transforms
 
 from nbhelpers import runtime
 from nbhelpers import train as training
-from nbhelpers.chapters.ch04_ultimus import experiment as E
+from nbhelpers.chapters.ch04_ultimus import experiment as ch
 from nbhelpers.chapters.ch04_ultimus import models as U
 from ch03_throughput import PerSample  # the per-sample Dataset of the chapter-3 bench (same folder)
 
@@ -33,7 +33,7 @@ from ch03_throughput import PerSample  # the per-sample Dataset of the chapter-3
 def original_loader(data, batch_size: int, workers: int, pin: bool) -> DataLoader:
     tf = transforms.Compose([
         transforms.RandomCrop(32, padding=4, padding_mode="reflect"), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), transforms.Normalize(*E.STATS),
+        transforms.ToTensor(), transforms.Normalize(*ch.STATS),
         transforms.RandomErasing(p=0.5, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0),  # 16×16 of 32×32
     ])
     return DataLoader(PerSample(data.x_train, data.y_train, tf), batch_size=batch_size, shuffle=True,
@@ -48,7 +48,7 @@ def timed(label: str, model, stepper, batches, recipe, epochs: int, device, comp
         sched = recipe.scheduler_for(opt, n * len(batches))
         sync()
         t0 = time.perf_counter()
-        hist = training.fit(stepper, opt, batches, E.Tally(), epochs=n, scheduler=sched, device=device,
+        hist = training.fit(stepper, opt, batches, ch.Tally(), epochs=n, scheduler=sched, device=device,
                             diverge_factor=None, progress=False, desc=label)
         sync()
         out[phase] = time.perf_counter() - t0
@@ -74,22 +74,22 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    data = E.load(args.n_train)
-    recipe = E.original(E.ORIGINAL_MAX_LR / 10, args.batch_size)
+    data = ch.load(args.n_train)
+    recipe = ch.original(ch.ORIGINAL_MAX_LR / 10, args.batch_size)
     print(f"{runtime.Run('bench', 0, device).header()}\nspec model ({U.PARAMS_FAITHFUL:,} params), "
           f"{len(data.y_train)} images, batch {args.batch_size}, {args.epochs} timed epochs\n")
     fast = {"auto": "auto", "on": True, "off": False}[args.fast]
     pipelines = {}
     torch.manual_seed(0)
     model = U.build("faithful").to(device)
-    pipelines["eager (device-resident)"] = timed("eager", model, model, E.train_batches(data, args.batch_size, device),
+    pipelines["eager (device-resident)"] = timed("eager", model, model, ch.train_batches(data, args.batch_size, device),
                                                  recipe, args.epochs, device, False)
     torch.manual_seed(0)
     model = U.build("faithful").to(device)
-    stepper = E.fast_model(model, device, fast)
+    stepper = ch.fast_model(model, device, fast)
     compiled = stepper is not model
     pipelines["fast (device-resident" + (", compiled)" if compiled else ", not compiled on this device)")] = timed(
-        "fast", model, stepper, E.train_batches(data, args.batch_size, device, drop_last=compiled), recipe,
+        "fast", model, stepper, ch.train_batches(data, args.batch_size, device, drop_last=compiled), recipe,
         args.epochs, device, compiled)
     if not args.skip_original:
         torch.manual_seed(0)

@@ -20,7 +20,8 @@ failed or interrupted run never leaves a key that would skip the chapter next ti
 their outputs kept), so a prose edit reaches the book without executing anything. ``--force`` executes regardless.
 
 Every input (profile files, ``-p`` values, ``--only`` names, ``_toc.yml``) is checked before anything runs; a problem
-is one line ``error: <file>:<line>: ...`` and exit code 2. One runner at a time per output folder: ``<out>/.runner.lock``
+is one line ``error: <file>:<line>: ...`` and exit code 2. One runner at a time per output folder:
+``<out>/.runner.lock``
 (an exclusive ``flock`` plus JSON naming the holder's pid and start time); a second runner refuses with exit code 2,
 and a lock file left by a killed run is stale (the kernel released its flock) and is taken over.
 """
@@ -381,11 +382,13 @@ def parameter_reference(root: Path) -> str:
            "`papermill in.ipynb out.ipynb -p name value`. Unknown names and bad values fail before any compute, "
            "with a message naming the parameter and what is allowed.", ""]
     for nb in sorted((root / "notebooks").glob("*.ipynb")):
-        out += [f"## `{nb.name}`", "", "| parameter | type | full default | quick | smoke | meaning and allowed values |",
+        out += [f"## `{nb.name}`", "",
+                "| parameter | type | full default | quick | smoke | meaning and allowed values |",
                 "|---|---|---|---|---|---|"]
         for name, p in declared_parameters(nb).items():
             cells = [f"`{p['default']}`"] + [f"`{profiles[k].get(nb.stem, {})[name]}`"
-                                              if name in profiles[k].get(nb.stem, {}) else "" for k in ("quick", "smoke")]
+                                              if name in profiles[k].get(nb.stem, {}) else ""
+                                              for k in ("quick", "smoke")]
             help_ = p["help"].replace("|", "\\|")
             out.append(f"| `{name}` | {_type_name(p)} | {' | '.join(cells)} | {help_} |")
         out.append("")

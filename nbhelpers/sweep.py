@@ -113,7 +113,8 @@ def folder_name(combo: dict) -> str:
 
 def _check_code(source: Path):
     """The notebook's parameters cell and the statements of the next cell up to its opening call
-    (``<chapter>.start(globals(), ...)`` or ``params.check(...)``: the imports and the check), as (parameters source, check source); None where that shape is not found."""
+    (``<chapter>.start(globals(), ...)`` or ``params.check(...)``: the imports and the check), as (parameters
+    source, check source); None where that shape is not found."""
     import nbformat
 
     cells = nbformat.read(source, as_version=4).cells

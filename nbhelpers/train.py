@@ -83,10 +83,13 @@ def evaluating(model: torch.nn.Module):
 
 def epoch_curve(history: "History", **columns) -> pd.DataFrame:
     """One row per epoch (1-based ``epoch``) from a per-step history: ``columns`` are pandas named aggregations,
-    e.g. ``train_loss=("train_loss", "mean"), test_acc=("test_acc", "last")``; empty when nothing was recorded."""
+    e.g. ``train_loss=("train_loss", "mean"), test_acc=("test_acc", "last")``; empty when nothing was recorded; a
+    column never recorded (a run stopped before its first evaluation) aggregates to NaN."""
     df = history.df
     if not len(df):
         return pd.DataFrame(columns=["epoch", *columns])
+    absent = {source for source, _ in columns.values()} - set(df.columns)   # e.g. no evaluation before a stop
+    df = df.assign(**{c: np.nan for c in absent})
     return df.groupby("epoch").agg(**columns).reset_index().assign(epoch=lambda d: d.epoch + 1)
 
 

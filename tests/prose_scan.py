@@ -1,7 +1,7 @@
 """Numbers typed in the chapters' prose (markdown cells), outside glue roles, inline code, math and link targets.
 
 Used by tests/test_prose.py: every such number must be a fixed fact listed in tests/prose_facts.yml (the originals'
-published numbers and settings from SPEC, sizes, arithmetic); a result of our runs must be glued instead.
+published numbers and settings from docs/originals.md, sizes, arithmetic); a result of our runs must be glued instead.
 """
 from __future__ import annotations
 

@@ -97,7 +97,8 @@ def test_every_page_in_a_real_browser(served):
             checked_images += len(imgs)
             problems += [f"{rel}: image {i['src']} has no size" for i in imgs if not i["width"]]
             problems += [f"{rel}: image {i['src']} has no alt text" for i in imgs if not i["alt"].strip()]
-            problems += [f"{rel}: image {i['src']} does not load lazily" for i in imgs if i["content"] and not i["lazy"]]
+            problems += [f"{rel}: image {i['src']} does not load lazily"
+                         for i in imgs if i["content"] and not i["lazy"]]
             for i in imgs:
                 if i["src"].endswith(".gif"):
                     n = sizes.get(i["src"].split("?")[0], 0)

@@ -15,42 +15,42 @@ def _pair(n_points=40, noise=0.1, kernel="rbf", seed=3):
 
 def test_generator_distinct_x_permuted_offsets_and_flag_convention():
     p = gp.make_pairs(200, 20, seed=0)
-    assert p["x"].shape == p["y"].shape == p["s"].shape == (200, 20)
-    assert all(len(np.unique(row)) == 20 for row in p["x"])  # no two points of one example share an x
-    assert (p["s"].sum(1) == 10).all()                          # 10 points per series...
-    assert len({tuple(r) for r in p["s"]}) > 150                # ...in a random order per example (interleaved)
-    assert (p["c"][:, 1] <= p["c"][:, 0]).all()                 # flag 1 = the smaller offset
-    assert ((p["x"] >= 5) & (p["x"] < 15)).all()
-    srt = p["sorted"]
+    assert p.x.shape == p.y.shape == p.s.shape == (200, 20)
+    assert all(len(np.unique(row)) == 20 for row in p.x)  # no two points of one example share an x
+    assert (p.s.sum(1) == 10).all()                       # 10 points per series...
+    assert len({tuple(r) for r in p.s}) > 150             # ...in a random order per example (interleaved)
+    assert (p.c[:, 1] <= p.c[:, 0]).all()                 # flag 1 = the smaller offset
+    assert ((p.x >= 5) & (p.x < 15)).all()
+    srt = p.sorted
     assert 0.3 < srt.mean() < 0.7
-    assert (np.diff(p["x"][srt], axis=1) >= 0).all()
-    assert (np.diff(p["x"][~srt], axis=1) < 0).any(axis=1).all()
+    assert (np.diff(p.x[srt], axis=1) >= 0).all()
+    assert (np.diff(p.x[~srt], axis=1) < 0).any(axis=1).all()
     # noise-free: y - c_s is one smooth curve f shared by both series (neighbours in x, either series, agree)
     big = gp.make_pairs(50, 400, seed=1)
-    f = big["y"] - np.where(big["s"] == 1, big["c"][:, 1:2], big["c"][:, 0:1])
-    order = np.argsort(big["x"], axis=1)
-    fs, xs, ss = (np.take_along_axis(a, order, 1) for a in (f, big["x"], big["s"]))
+    f = big.y - np.where(big.s == 1, big.c[:, 1:2], big.c[:, 0:1])
+    order = np.argsort(big.x, axis=1)
+    fs, xs, ss = (np.take_along_axis(a, order, 1) for a in (f, big.x, big.s))
     cross = ss[:, 1:] != ss[:, :-1]
     step = np.abs(np.diff(fs, axis=1)[cross])
     assert np.median(step) < 0.05 and step.max() < 1.0
-    ys = np.take_along_axis(big["y"], order, 1)  # ...while y jumps by the offset gap between series
+    ys = np.take_along_axis(big.y, order, 1)  # ...while y jumps by the offset gap between series
     jumps = np.array([np.median(np.abs(np.diff(ys[i]))[cross[i]]) for i in range(50)])
-    np.testing.assert_allclose(jumps, big["c"][:, 0] - big["c"][:, 1], atol=0.2)
+    np.testing.assert_allclose(jumps, big.c[:, 0] - big.c[:, 1], atol=0.2)
 
 
 def test_inference_layout_is_the_originals():
     p = gp.make_pairs(30, 40, seed=4)
     lay = gp.inference_layout(p, context_p=5, pool=12, seed=0)
-    n, first = 20, lay["first"]
+    n, first = 20, lay.first
     assert first == 25
     for i in range(30):
-        assert sorted(zip(lay["x"][i], lay["y"][i])) == sorted(zip(p["x"][i], p["y"][i]))  # same points
-        s, x = lay["s"][i], lay["x"][i]
+        assert sorted(zip(lay.x[i], lay.y[i])) == sorted(zip(p.x[i], p.y[i]))  # same points
+        s, x = lay.s[i], lay.x[i]
         assert (s[:n] == 1).all() and (s[n:] == 0).all()
         assert (np.diff(x[:n]) > 0).all() and (np.diff(x[n:first]) > 0).all() and (np.diff(x[first:]) > 0).all()
         low = np.sort(x[n:])[:12]
         assert np.isin(x[n:first], low).all()  # the context: 5 of the 12 lowest series-0 points
-    picks = {tuple(np.round(r[n:first], 6)) for r in lay["x"]}
+    picks = {tuple(np.round(r[n:first], 6)) for r in lay.x}
     assert len(picks) == 30  # picked at random per example
     with pytest.raises(ValueError, match="context_p"):
         gp.inference_layout(p, context_p=13, pool=12)
@@ -58,11 +58,11 @@ def test_inference_layout_is_the_originals():
 
 def test_generator_statistics():
     p = gp.make_pairs(3000, 8, seed=1)
-    assert abs(p["c"].std() - 2.0) < 0.15
-    f = p["y"] - np.where(p["s"] == 1, p["c"][:, 1:2], p["c"][:, 0:1])
+    assert abs(p.c.std() - 2.0) < 0.15
+    f = p.y - np.where(p.s == 1, p.c[:, 1:2], p.c[:, 0:1])
     assert abs(f.var() - 1.0) < 0.1  # f has unit variance
     noisy = gp.make_pairs(3000, 8, noise=0.1, seed=1)
-    assert abs((noisy["y"] - p["y"]).std() - 0.1) < 0.01  # same draws, plus N(0, 0.1²)
+    assert abs((noisy.y - p.y).std() - 0.1) < 0.01  # same draws, plus N(0, 0.1²)
     with pytest.raises(ValueError, match="kernel"):
         gp.make_pairs(2, 8, kernel_name="nope")
     with pytest.raises(ValueError, match="n_points"):
@@ -79,7 +79,7 @@ def test_kernels_are_unit_variance_psd(kernel):
 
 def test_posterior_equals_dense_solve():
     p = _pair()
-    x, s, y = p["x"][0], p["s"][0], p["y"][0]
+    x, s, y = p.x[0], p.s[0], p.y[0]
     obs = np.zeros(40, bool)
     obs[:25] = True
     mean, cov = gp.posterior(x, s, y, obs, noise=0.1)
@@ -104,8 +104,8 @@ def test_posterior_matches_sklearn_on_one_series():
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
     p = _pair()
-    one = p["s"][1] == 1
-    x, s, y = p["x"][1, one], p["s"][1, one], p["y"][1, one]  # series 1 alone: k + 4 (its offset) + noise
+    one = p.s[1] == 1
+    x, s, y = p.x[1, one], p.s[1, one], p.y[1, one]  # series 1 alone: k + 4 (its offset) + noise
     obs = np.zeros(20, bool)
     obs[::2] = True
     mean, cov = gp.posterior(x, s, y, obs, noise=0.1, jitter=0.0)
@@ -120,10 +120,10 @@ def test_order_violation_is_small_when_the_gap_is_seen():
     p = gp.inference_layout(gp.make_pairs(1, 40, seed=5), context_p=5, pool=10)
     obs = np.zeros(40, bool)
     obs[:25] = True  # all of series 1 and 5 points of series 0: the gap c0 - c1 is known
-    prob, bound = gp.order_violation(p["x"][0], p["s"][0], p["y"][0], obs)
+    prob, bound = gp.order_violation(p.x[0], p.s[0], p.y[0], obs)
     assert 0 <= prob < 1e-6 and 0 <= bound < 1e-6
     obs[:] = False
-    prob, _ = gp.order_violation(p["x"][0], p["s"][0], p["y"][0], obs | (np.arange(40) == 0))
+    prob, _ = gp.order_violation(p.x[0], p.s[0], p.y[0], obs | (np.arange(40) == 0))
     assert 0.01 < prob < 0.99  # one point of series 1 says little about the gap: the order is uncertain
 
 
@@ -135,7 +135,7 @@ from nbhelpers.chapters.ch02_gp_sequences import models as models  # noqa: E402
 
 def _inp(n_points=24, seed=0):
     p = gp.make_pairs(3, n_points, seed=seed)
-    return torch.tensor(np.stack([p["x"], p["s"], p["y"]], -1), dtype=torch.float32)
+    return torch.tensor(np.stack([p.x, p.s, p.y], -1), dtype=torch.float32)
 
 
 MODELS = {
@@ -235,7 +235,7 @@ def test_twin_baseline_is_the_parameter_free_baseline_in_the_inference_layout():
     base = gpx.baseline(test, cfg)
     tb = models.twin_baseline(gpx.to_tensor(test))[:, cfg.first].numpy()
     np.testing.assert_allclose(tb, base["mean"][:, 0], atol=1e-5)
-    assert base["rollout_rmse"] < 0.5 * np.std(test["y"][:, cfg.first:])  # it is a real prediction
+    assert base["rollout_rmse"] < 0.5 * np.std(test.y[:, cfg.first:])  # it is a real prediction
 
 
 def test_nearest_same_series_uses_earlier_points_only():
@@ -304,11 +304,11 @@ def test_training_regimes_follow_the_original():
 def test_first_step_stats_see_a_copy_of_the_seen_series():
     test = gp.inference_layout(gp.make_pairs(200, 40, seed=2), 5, 12, seed=0)
     first = 25
-    copy = gpx.seen_at(test, test["x"][:, first:first + 1])[:, 0]  # predict the seen series' value: a full drop
+    copy = gpx.seen_at(test, test.x[:, first:first + 1])[:, 0]  # predict the seen series' value: a full drop
     st = gpx.first_step_stats(copy, test, first)
     assert st["toward"] == 1.0 and st["first_step"] < -1.0
     assert st["gap_slope"] == pytest.approx(-1.0, abs=0.1) and st["gap_corr"] < -0.95
-    exact = gpx.first_step_stats(test["y"][:, first] + 0.01, test, first)
+    exact = gpx.first_step_stats(test.y[:, first] + 0.01, test, first)
     assert exact["first_abs"] == pytest.approx(0.01) and abs(exact["gap_slope"]) < 1e-9
 
 
@@ -347,6 +347,23 @@ def test_verdicts_follow_the_numbers():
     assert "single seed" in gpx.drop_verdict(summ)
 
 
+def test_load_and_glue_keys():
+    from nbhelpers import results
+
+    cfg = gpx.Config(n_points=24, context=3, context_p=3, pool=6)
+    train, val, test = gpx.load(cfg, 20, 5, seed=7, noise=0.1)
+    assert (len(train.x), len(val.x), len(test.x)) == (16, 4, 5) and test.first == cfg.first
+    np.testing.assert_array_equal(val.y, gp.make_pairs(4, 24, noise=0.1, seed=8).y)
+    np.testing.assert_array_equal(test.y, gp.inference_layout(gp.make_pairs(5, 24, noise=0.1, seed=9), 3, 6, seed=9).y)
+    assert test.head(2).x.shape == (2, 24) and test.head(2).first == cfg.first
+    res = results.Results("99_test")  # every metric and its sd of every row, NaN as '—'
+    gpx.glue(res, _summ([{"key": "faithful", "first_abs": 0.5, "n_seeds": 2},
+                         {"key": "oracle", "loglik": float("nan"), "n_seeds": 0}]).assign(kernel="rbf"),
+             "ood_{kernel}_{key}")
+    assert len(res.values) == 2 * 2 * len(gpx.METRICS)
+    assert res.values["ood_rbf_faithful_first_abs"] == 0.5 and res.values["ood_rbf_oracle_loglik_sd"] == 0.0
+    assert res.values["ood_rbf_oracle_loglik"] == "—"
+
 def test_parallel_training_gives_the_same_models():
     cfg = gpx.Config(n_points=24, context=3, context_p=3, pool=6, embed=32, width=16, layers=1, steps=6, evals=2)
     tr, va = gp.make_pairs(40, 24, seed=0), gp.make_pairs(10, 24, seed=1)
@@ -354,8 +371,8 @@ def test_parallel_training_gives_the_same_models():
     from nbhelpers import runtime
 
     with runtime.threads(1):  # the workers run one thread each; sums split over threads round differently
-        one = gpx.train_rows(keys, tr, va, cfg, [0, 1], progress=False)
-        two = gpx.train_rows(keys, tr, va, cfg, [0, 1], progress=False, workers=2)
+        one = gpx.run_grid(keys, tr, va, cfg, [0, 1], progress=False)
+        two = gpx.run_grid(keys, tr, va, cfg, [0, 1], progress=False, workers=2)
     for s in (0, 1):
         assert set(one[s]) == set(two[s]) == {"faithful", "repaired"}  # rows that do not train are not trained
         for k in one[s]:
@@ -401,20 +418,22 @@ def test_training_gif_frames_leave_training_unchanged_and_survive_forked_workers
     snap = gpx.snap_spec(test, pick, 3, seed=0)
     keys = ["faithful", "repaired"]
     with runtime.threads(1):
-        off = gpx.train_rows(keys, tr, va, cfg, [0, 1], progress=False)
-        on = gpx.train_rows(keys, tr, va, cfg, [0, 1], progress=False, workers=2, snap=snap)
+        off = gpx.run_grid(keys, tr, va, cfg, [0, 1], progress=False)
+        on = gpx.run_grid(keys, tr, va, cfg, [0, 1], progress=False, workers=2, snap=snap)
     for s in (0, 1):
         for k in keys:
             pd.testing.assert_frame_equal(on[s][k].history.df, off[s][k].history.df, check_exact=True)
             a, b = on[s][k].model.state_dict(), off[s][k].model.state_dict()
             assert all(torch.equal(a[n], b[n]) for n in a), (s, k)
-            assert off[s][k].frames is None and (on[s][k].frames is None) == (s != 0)
-    fr = on[0]["faithful"].frames
-    assert list(fr["at"]) == train.even_steps(6, 3) == [0, 3, 6]
-    assert fr["pred"].shape == fr["sd"].shape == (3, 24 - cfg.first)
+            assert off[s][k].snapshots is None and (on[s][k].snapshots is None) == (s != 0)
+            assert (on[s][k].label, on[s][k].seed) == (k, s)
+    sn = on[0]["faithful"].snapshots
+    pred, sd = (np.stack(f) for f in zip(*sn.frames))
+    assert sn.at == train.even_steps(6, 3) == [0, 3, 6]
+    assert pred.shape == sd.shape == (3, 24 - cfg.first)
     assert on[0]["faithful"].model.heads == cfg.train_heads   # the probe's inference heads were put back
     final = gpx.for_row(on[0], "faithful", cfg)                  # the last frame is the trained model's rollout
-    np.testing.assert_allclose(fr["pred"][-1], gpx.rollout(final, gpx.to_tensor(test)[pick:pick + 1], cfg.first)[0][0],
+    np.testing.assert_allclose(pred[-1], gpx.rollout(final, gpx.to_tensor(test)[pick:pick + 1], cfg.first)[0][0],
                                rtol=1e-5, atol=1e-6)
     path = gpx.rollout_gif(on[0], test, cfg, gpx.oracle(test, cfg), pick, tmp_path / "rollout.gif")
     with Image.open(path) as im:

@@ -5,9 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
+from nbhelpers import train
 from nbhelpers.data import images
 from nbhelpers.chapters.ch03_vit_hybrid import experiment as E
 from nbhelpers.chapters.ch03_vit_hybrid import models as V
+from nbhelpers.train import History, count_params
 
 MNIST, CIFAR = (28, 28, 1), (32, 32, 3)
 
@@ -17,13 +19,13 @@ MNIST, CIFAR = (28, 28, 1), (32, 32, 3)
     ("vit", MNIST, 10, 1_614_866), ("vit", CIFAR, 10, 1_812_106), ("vit", CIFAR, 100, 1_823_716),
     # DeepViT adds its re-attention matrices (heads² per layer) to the ViT's count
     ("deepvit", MNIST, 10, 1_615_010), ("deepvit", CIFAR, 10, 1_812_250), ("deepvit", CIFAR, 100, 1_823_860),
-    # the hybrid with its own 10-class head (SPEC) ...
+    # the hybrid with its own 10-class head (docs/originals.md) ...
     ("hybrid", MNIST, 10, 1_580_042), ("hybrid", CIFAR, 10, 1_715_402),
     # ... and as the original's table printed it: a 100-class head on every dataset
     ("hybrid", MNIST, 100, 1_591_652), ("hybrid", CIFAR, 100, 1_727_012),
 ])
 def test_bug_compatible_parameter_counts_match_the_original(name, shape, classes, expected):
-    assert V.count_params(V.build(name, shape, classes, bug_compatible=True)) == expected
+    assert count_params(V.build(name, shape, classes, bug_compatible=True)) == expected
 
 
 @pytest.mark.parametrize("name, shape, bug, tokens", [
@@ -39,7 +41,7 @@ def test_corrected_models_run_and_stay_in_budget():
     x = torch.randn(2, 3, 32, 32)
     for name in V.MODELS:
         m = V.build(name, CIFAR, 100, bug_compatible=False)
-        assert m(x).shape == (2, 100) and V.count_params(m) <= 1_800_000
+        assert m(x).shape == (2, 100) and count_params(m) <= 1_800_000
 
 
 def test_sqrt_d_switch_changes_attention_only_by_scale():
@@ -54,18 +56,18 @@ def test_sqrt_d_switch_changes_attention_only_by_scale():
     torch.testing.assert_close(before, m(x))
 
 
-def test_train_model_on_tiny_synthetic_data():
+def test_train_one_on_tiny_synthetic_data():
     rng = np.random.default_rng(0)
     data = images.ImageData("mnist", rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 64),
                             rng.integers(0, 256, (32, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 32),
                             [str(i) for i in range(10)])
-    run = E.train_model(data, "vit", E.REPAIRED, 2, "cpu", bug_compatible=False)
+    run = E.train_one(data, "vit", E.REPAIRED, 2, "cpu", bug_compatible=False)
     assert list(run.curve.epoch) == [1, 2] and run.curve.test_acc.between(0, 1).all() and run.tokens == 49
     assert (run.curve.train_s > 0).all() and (run.curve.eval_s > 0).all()
     # the original's timing: the mean over every test batch of every epoch
-    assert run.timing["ms_unsynced_original"] > 0
+    assert run.ms_unsynced > 0
     E.time_runs([run], {"mnist": data}, "cpu", n=8, reps=1)
-    assert run.timing["ms_per_1000"] > 0
+    assert run.ms_per_1000 > 0 and run.model.training         # timed in eval mode, then back in train mode
     att = E.cls_attention(run.model, torch.randn(3, 1, 28, 28))
     assert att.shape == (3, 7, 7)
 
@@ -74,7 +76,7 @@ def test_all_datasets_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("NBHELPERS_DATA", str(tmp_path))
     monkeypatch.setattr(images, "load", lambda name, **kw: (_ for _ in ()).throw(images.DataUnavailable(name)))
     with pytest.raises(images.DataUnavailable, match="NBHELPERS_DATA"):
-        E.load_datasets("all")
+        E.load("all")
 
 
 def test_param_table_quotes_the_printed_hybrid_counts():
@@ -86,7 +88,7 @@ def test_param_table_quotes_the_printed_hybrid_counts():
 def test_strip_vit_is_the_second_original():
     torch.manual_seed(0)
     m = V.build("stripvit", MNIST, 10).eval()
-    assert V.count_params(m) == 208_522          # the count of Yuanforz/LearnCV's ViT at its defaults
+    assert count_params(m) == 208_522          # the count of Yuanforz/LearnCV's ViT at its defaults
     seen = {}
 
     def keep(name, which):
@@ -95,7 +97,8 @@ def test_strip_vit_is_the_second_original():
         return hook
 
     hooks = [m.patch_embedding.register_forward_hook(keep("tokens", "in")),
-             m.norm.register_forward_hook(keep("readout", "in")), m.blocks[-1].register_forward_hook(keep("last", "out"))]
+             m.norm.register_forward_hook(keep("readout", "in")),
+             m.blocks[-1].register_forward_hook(keep("last", "out"))]
     x = torch.randn(2, 1, 28, 28)
     out = m(x)
     for h in hooks:
@@ -128,9 +131,9 @@ def test_repaired_family_budget_and_control():
     x = torch.randn(2, 3, 32, 32)
     full, control = V.build("convformer", CIFAR, 10).eval(), V.build("convnet", CIFAR, 10).eval()
     assert full(x).shape == control(x).shape == (2, 10)
-    assert V.count_params(full) <= 1_800_000
+    assert count_params(full) <= 1_800_000
     attn = sum(p.numel() for p in full.attention.parameters())
-    assert attn > 0 and V.count_params(control) == V.count_params(full) - attn   # the same net minus attention
+    assert attn > 0 and count_params(control) == count_params(full) - attn   # the same net minus attention
     assert not any(hasattr(m, "to_qkv") for m in control.modules())
     assert full.tokens(x).shape == (2, 49, 192)                                   # a 7x7 grid of 192-wide tokens
     assert V.num_tokens(full, CIFAR) == 49 and V.num_tokens(control, CIFAR) is None
@@ -177,7 +180,7 @@ def test_sgd_groups_decay_every_weight_alike_and_speed_up_batchnorm_biases():
 def test_triangle_schedule_and_lookahead():
     m = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(m.parameters(), lr=1.0)
-    sched, per = E.make_schedule(opt, E.REPAIRED, 100)
+    sched, per = train.schedule(E.REPAIRED.schedule, opt, 100)   # airbench94's triangle
     lrs = []
     for _ in range(101):
         lrs.append(opt.param_groups[0]["lr"])
@@ -224,23 +227,21 @@ def test_original_numbers_only_beside_runs_of_their_size():
     assert E.original_acc("small", 15, "mnist", "vit") is None          # table 1 was 1 epoch
     assert E.original_acc("base6", 15, "cifar10", "hybrid") == 73.17
     assert E.original_acc("base12", 15, "cifar100", "deepvit") == 29.32
-    import pandas as pd
-    from nbhelpers.train import History
-
     def fake(n_train, epochs, acc, seed=0):
         curve = pd.DataFrame({"epoch": range(1, epochs + 1), "test_acc": [acc] * epochs})
-        return E.VisionRun("vit", "mnist", "vit", E.ORIGINAL, 1, 4, History(), curve, seed=seed, n_train=n_train,
-                           n_test=10_000, group="table 1", size="small")
+        return E.VisionRun(label="vit", dataset="mnist", model_name="vit", recipe=E.ORIGINAL, params=1, tokens=4,
+                           history=History(), curve=curve, seed=seed, n_train=n_train, n_test=10_000,
+                           group="table 1", size="small")
 
     full = [fake(60_000, 1, 0.978, 0), fake(60_000, 1, 0.976, 1)]
     assert all(E.comparable(r) for r in full)
     assert not E.comparable(fake(2_000, 1, 0.9)) and not E.comparable(fake(60_000, 15, 0.98))
-    t = E.results_table(full)
+    t = E.summarise(full)
     assert t.loc[0, "original %"] == 97.87 and t.loc[0, "vs original"].startswith("within noise")
     assert E.like_for_like_verdict(full).startswith("1 of the 1 rows")
     assert E.like_for_like_verdict([fake(60_000, 1, 0.90)]).startswith("0 of the 1")
     assert "none of this run's rows" in E.like_for_like_verdict([fake(2_000, 1, 0.9)])
-    assert np.isnan(E.results_table([fake(2_000, 1, 0.9)]).loc[0, "original %"])
+    assert np.isnan(E.summarise([fake(2_000, 1, 0.9)]).loc[0, "original %"])
 
 
 def test_repaired_run_interrupted_after_its_ema_started_resumes_to_the_same_result(tmp_path):
@@ -250,16 +251,16 @@ def test_repaired_run_interrupted_after_its_ema_started_resumes_to_the_same_resu
                             [str(i) for i in range(10)])
     recipe = dataclasses.replace(E.REPAIRED, batch_size=16, amp=False)
     args = (data, "convnet", recipe, 5, "cpu")           # 4 steps per epoch; the EMA starts at step 15
-    straight = E.train_model(*args, seed=2, bug_compatible=False)
+    straight = E.train_one(*args, seed=2, bug_compatible=False)
 
     def disconnect(step, model):
         if step == 18:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        E.train_model(*args, seed=2, bug_compatible=False, on_step=disconnect, checkpoints=str(tmp_path))
+        E.train_one(*args, seed=2, bug_compatible=False, on_step=disconnect, checkpoints=str(tmp_path))
     steps = []
-    resumed = E.train_model(*args, seed=2, bug_compatible=False, on_step=lambda s, m: steps.append(s),
+    resumed = E.train_one(*args, seed=2, bug_compatible=False, on_step=lambda s, m: steps.append(s),
                             checkpoints=str(tmp_path))
     assert steps == [17, 18, 19, 20]                     # resumed after epoch 4 (its EMA and whitening state kept)
     cols = ["epoch", "train_loss", "test_acc", "tta_acc"]
@@ -272,8 +273,6 @@ def test_attention_snapshots_leave_training_unchanged_and_make_the_gif(tmp_path)
     expected frames (step 0 to the last) on those runs only, and a GIF at least 320 px wide."""
     from PIL import Image
 
-    from nbhelpers import train
-
     rng = np.random.default_rng(0)
     data = images.ImageData("mnist", rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 64),
                             rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 16),
@@ -282,15 +281,15 @@ def test_attention_snapshots_leave_training_unchanged_and_make_the_gif(tmp_path)
     specs = [E.Spec("patching", "vit", recipe, 1, label="vit · 4 tokens (bug)"),
              E.Spec("patching", "vit", recipe, 1, bug_compatible=False, patch="coarse", label="vit · true grid"),
              E.Spec("patching", "cnn", recipe, 1)]
-    on = E.run_specs({"mnist": data}, specs, [0], "cpu", progress=False,
+    on = E.run_grid({"mnist": data}, specs, [0], "cpu", progress=False,
                      on_step=E.attention_snapshots("mnist", 0, 3, n=4, n_acc=16))
-    off = E.run_specs({"mnist": data}, specs[1:2], [0], "cpu", progress=False)
+    off = E.run_grid({"mnist": data}, specs[1:2], [0], "cpu", progress=False)
     cols = ["step", "epoch", "train_loss", "lr", "test_acc"]
     pd.testing.assert_frame_equal(on[1].history.df[cols], off[0].history.df[cols], check_exact=True)
     assert off[0].snapshots is None and on[2].snapshots is None        # the CNN records nothing
     for r, g in zip(on[:2], (2, 4)):
         assert r.snapshots.at == train.even_steps(4, 3) == [0, 2, 4]
-        assert r.snapshots.frames[0]["att"].shape == (4, g, g) and 0 <= r.snapshots.frames[-1]["acc"] <= 1
+        assert r.snapshots.frames[0].att.shape == (4, g, g) and 0 <= r.snapshots.frames[-1].acc <= 1
     path = E.attention_gif(on, data, tmp_path / "cls.gif")
     with Image.open(path) as im:
         assert im.n_frames == 3 and im.size[0] >= 320
@@ -302,13 +301,11 @@ def test_a_run_that_stayed_at_chance_is_not_compared():
     """Measured on MNIST with airbench's recipe: the control collapsed to 9.80 % at seed 0 while the repaired model
     reached 99.69 % — 'beats the same network without attention by 90 points' would credit attention with a failed
     optimisation. The verdict says the comparison cannot be made instead."""
-    import pandas as pd
-    from nbhelpers.train import History
-
     def fake(label, acc, seed):
         curve = pd.DataFrame({"epoch": [1, 2], "test_acc": [acc, acc]})
-        return E.VisionRun(label, "mnist", "convnet", E.REPAIRED, 1, 49, History(), curve, seed=seed,
-                           n_train=60_000, n_test=10_000, group="repaired")
+        return E.VisionRun(label=label, dataset="mnist", model_name="convnet", recipe=E.REPAIRED, params=1,
+                           tokens=49, history=History(), curve=curve, seed=seed, n_train=60_000, n_test=10_000,
+                           group="repaired")
 
     ok = [fake("with", 0.9969, 0), fake("with", 0.9971, 1), fake("without", 0.9960, 0), fake("without", 0.9962, 1)]
     assert "points" in E.beats_sentence(ok, "repaired", "without", "with", "the control")

@@ -7,7 +7,7 @@ import torch
 
 from nbhelpers import lr_range, train
 from nbhelpers.data import images
-from nbhelpers.chapters.ch04_ultimus import experiment as E
+from nbhelpers.chapters.ch04_ultimus import experiment as ch
 from nbhelpers.chapters.ch04_ultimus import models as U
 
 
@@ -20,11 +20,11 @@ def _data(n=64, n_test=32):
 
 def test_faithful_has_exactly_25488_parameters():
     m = U.build("faithful")
-    assert U.count_params(m) == U.PARAMS_FAITHFUL == 25_488
+    assert train.count_params(m) == U.PARAMS_FAITHFUL == 25_488
     assert all(c.bias is None for c in m.modules() if isinstance(c, (torch.nn.Conv2d, torch.nn.Linear)))
     assert not any(isinstance(c, (torch.nn.BatchNorm2d, torch.nn.ReLU)) for c in m.modules())  # linear stack
-    assert U.count_params(U.build("tokens")) == U.count_params(U.build("sqrt8_after")) == 25_488
-    assert U.count_params(U.build("repaired")) <= 26_000 and U.count_params(U.build("fixed_spec")) <= 26_000
+    assert train.count_params(U.build("tokens")) == train.count_params(U.build("sqrt8_after")) == 25_488
+    assert train.count_params(U.build("repaired")) <= 26_000 and train.count_params(U.build("fixed_spec")) <= 26_000
 
 
 def test_spec_shapes_and_wiring():
@@ -41,7 +41,7 @@ def test_spec_shapes_and_wiring():
 
 def test_repaired_backbone_separable_blocks_and_tokens():
     m = U.build("repaired").eval()
-    assert U.count_params(m) <= 26_000
+    assert train.count_params(m) <= 26_000
     x = torch.randn(2, 3, 32, 32)
     assert m.features(x).shape == (2, 48, 8, 8) and m.embed(x).shape == (2, 64, 48)  # 64 tokens of 48
     seps = [b for b in m.modules() if isinstance(b, U.Separable)]
@@ -53,8 +53,8 @@ def test_repaired_backbone_separable_blocks_and_tokens():
 
 
 def test_working_recipe_drops_only_the_erasing():
-    w, o = E.working(), E.original()
-    assert o.augment == E.AUGMENT and o.augment.erase_p == 0.5 and o.optimizer == "adam"
+    w, o = ch.working(), ch.original()
+    assert o.augment == ch.AUGMENT and o.augment.erase_p == 0.5 and o.optimizer == "adam"
     assert w.augment.erase_p == 0 and (w.augment.crop_padding, w.augment.flip) == (4, True)
     assert w.optimizer == "adamw" and w.label_smoothing == 0.1
 
@@ -100,11 +100,11 @@ def test_softmax_over_the_other_index_and_the_no_attention_controls():
     X = torch.randn(5, 48)
     blk = U.UltimusBlock(48, 8, softmax="k")
     torch.testing.assert_close(blk.attention(X).sum(2), torch.ones(5, 8))
-    assert U.count_params(U.build("softmax_k")) == U.PARAMS_FAITHFUL
+    assert train.count_params(U.build("softmax_k")) == U.PARAMS_FAITHFUL
     x = torch.randn(2, 3, 32, 32)
     for model, control in (("fixed_spec", "fixed_noattn"), ("repaired", "repaired_noattn")):
         m, c = U.build(model).eval(), U.build(control).eval()
-        assert len(c.blocks) == 0 and U.count_params(m) - U.count_params(c) == 4 * (3 * 48 * 8 + 8 * 48)
+        assert len(c.blocks) == 0 and train.count_params(m) - train.count_params(c) == 4 * (3 * 48 * 8 + 8 * 48)
         c.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("blocks.")})
         X = c.embed(x)
         torch.testing.assert_close(c(x), c.fc(X.mean(1) if X.dim() == 3 else X))  # FC on the pooled X
@@ -120,13 +120,13 @@ def test_augmentation_crop_flip_and_mean_erase():
         assert any(torch.equal(out[i], padded[i, :, r:r + 32, c:c + 32]) for r in range(9) for c in range(9))
     flipped = images.random_flip(x, 1.0, g)
     assert torch.equal(flipped, x.flip(-1))
-    mean = torch.tensor(E.STATS[0])
+    mean = torch.tensor(ch.STATS[0])
     erased = images.Augment(erase_size=16, erase_p=1.0)(x, mean, g)
     hole = (erased != x).any(1)
     assert hole.any(-1).any(-1).all() and hole.sum((1, 2)).max() <= 256
     torch.testing.assert_close(erased.permute(0, 2, 3, 1)[hole], mean.expand(int(hole.sum()), 3))
     # through the batcher: a mean-filled hole normalises to exactly 0, and un-normalising gives pixels in [0, 1]
-    b = images.DeviceBatches(_data().x_train, np.zeros(64), 64, stats=E.STATS,
+    b = images.DeviceBatches(_data().x_train, np.zeros(64), 64, stats=ch.STATS,
                              augment=images.Augment(4, "reflect", True, 16, 1.0), seed=0)
     xb, _ = next(iter(b))
     assert xb.shape == (64, 3, 32, 32) and (xb == 0).all(1).any()
@@ -168,16 +168,16 @@ class _BlowUp(torch.nn.Module):
 
 def test_divergence_guard_on_a_planted_blow_up():
     data = _data()
-    b = E.train_batches(data, 8, "cpu")
+    b = ch.train_batches(data, 8, "cpu")
     model = _BlowUp()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    hist = train.fit(model, opt, b, E.Tally(), epochs=3, diverge_factor=20, progress=False)
+    hist = train.fit(model, opt, b, ch.Tally(), epochs=3, diverge_factor=20, progress=False)
     assert hist.status == "diverged" and hist.stopped_at == 3 and "step 3" in hist.reason
     assert len(hist.rows) == 4 and all(math.isfinite(r["train_loss"]) for r in hist.rows)
     # and on the real model: an absurd peak learning rate is stopped and reported as a row, not trained through
-    run = E.train(data, "faithful", E.original(max_lr=1e4, batch_size=16), 2, "cpu")
+    run = ch.train_one(data, "faithful", ch.original(max_lr=1e4, batch_size=16), 2, "cpu")
     assert not run.history.ok and run.history.stopped_at is not None
-    row = E.table({"f": [run]}).iloc[0]
+    row = ch.summarise({"f": [run]}).iloc[0]
     assert row["stopped by the guard"] == "1 of 1"
 
 
@@ -185,18 +185,18 @@ def test_faithful_rows_train_through_or_stop_and_the_verdicts_follow_the_numbers
     """The same seed and recipe twice: the unguarded row trains on past the crossing (as the original did), the
     guarded one stops there; up to the crossing the two are the same run."""
     data = _data()
-    rows = E.faithful_rows(0.3, 16)  # too high a peak: the loss crosses 1.5x its first value at step 4
-    groups = E.run_rows(data, rows, [0], 2, "cpu", diverge_factor=1.5)
+    rows = ch.faithful_rows(0.3, 16)  # too high a peak: the loss crosses 1.5x its first value at step 4
+    groups = ch.run_grid(data, rows, [0], 2, "cpu", diverge_factor=1.5)
     through, guarded = groups["faithful"][0], groups["guarded"][0]
     assert through.history.diverged_at == guarded.history.diverged_at is not None
     assert through.history.stopped_at is None and guarded.history.stopped_at == guarded.history.diverged_at
     assert list(through.curve.epoch) == [1, 2] and through.diverged_epoch == guarded.diverged_epoch
     n = guarded.history.stopped_at
     np.testing.assert_allclose(through.history.df.train_loss[:n], guarded.history.df.train_loss[:n])
-    assert "trained on to the end" in E.outcome(groups["faithful"])
-    assert "stopped it" in E.outcome(groups["guarded"])
-    assert "not comparable" in E.faithful_verdict(groups["faithful"], E.comparable(64, 2, 16, 0.3))
-    assert E.comparable(0, 24, 512, E.ORIGINAL_MAX_LR) and not E.comparable(3000, 24, 512, E.ORIGINAL_MAX_LR)
+    assert "trained on to the end" in ch.outcome(groups["faithful"])
+    assert "stopped it" in ch.outcome(groups["guarded"])
+    assert "not comparable" in ch.faithful_verdict(groups["faithful"], ch.comparable(64, 2, 16, 0.3))
+    assert ch.comparable(0, 24, 512, ch.ORIGINAL_MAX_LR) and not ch.comparable(3000, 24, 512, ch.ORIGINAL_MAX_LR)
 
 
 def _fake(label, accs, variant="repaired"):
@@ -204,7 +204,8 @@ def _fake(label, accs, variant="repaired"):
     for a in accs:
         curve = pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0], "train_acc": [0.3, 0.5],
                               "test_loss": [2.0, 1.0], "test_acc": [a / 200, a / 100]})
-        runs.append(E.UltimusRun(label, variant, E.working(), 25_000, train.History(), curve))
+        runs.append(ch.UltimusRun(label=label, variant=variant, recipe=ch.working(), params=25_000,
+                                  history=train.History(), curve=curve))
     return runs
 
 
@@ -212,54 +213,54 @@ def test_attention_and_target_verdicts_are_computed_from_the_seeds():
     close = {"repaired": _fake("r", [80.0, 81.0, 82.0]), "repaired_noattn": _fake("c", [80.5, 81.5, 79.5])}
     far = {"repaired": _fake("r", [86.0, 87.0, 86.5]), "repaired_noattn": _fake("c", [80.5, 81.5, 79.5])}
     one = {"repaired": _fake("r", [86.0]), "repaired_noattn": _fake("c", [80.0])}
-    assert "does no better than the same network without attention" in E.attention_adds(close, "repaired")
-    assert E.attention_adds(far, "repaired").startswith("beats the same network without attention by 6.00 points")
-    assert "cannot be told apart" in E.attention_adds(one, "repaired")
-    assert "meets ≥ 80 %" in E.target_sentence(far, "repaired", 80, 5) and "meets ≥ 5 points" in \
-        E.target_sentence(far, "repaired", 80, 5)
-    assert "misses ≥ 5 points" in E.target_sentence(close, "repaired", 80, 5)
-    assert "misses ≥ 90 %" in E.target_sentence(far, "repaired", 90)
-    assert E.faithful_verdict(_fake("f", [12.0, 14.0]), True).startswith("within noise")
-    assert E.faithful_verdict(_fake("f", [18.0, 19.0]), True).startswith("not within")
+    assert "does no better than the same network without attention" in ch.attention_adds(close, "repaired")
+    assert ch.attention_adds(far, "repaired").startswith("beats the same network without attention by 6.00 points")
+    assert "cannot be told apart" in ch.attention_adds(one, "repaired")
+    assert "meets ≥ 80 %" in ch.target_sentence(far, "repaired", 80, 5) and "meets ≥ 5 points" in \
+        ch.target_sentence(far, "repaired", 80, 5)
+    assert "misses ≥ 5 points" in ch.target_sentence(close, "repaired", 80, 5)
+    assert "misses ≥ 90 %" in ch.target_sentence(far, "repaired", 90)
+    assert ch.faithful_verdict(_fake("f", [12.0, 14.0]), True).startswith("within noise")
+    assert ch.faithful_verdict(_fake("f", [18.0, 19.0]), True).startswith("not within")
     groups = {"faithful": _fake("f", [12.0, 13.0]), "low_lr": _fake("l", [24.0, 25.0]),
               "bn_relu": _fake("b", [40.0, 41.0])}
-    text = E.diagnosis_text(groups)
+    text = ch.diagnosis_text(groups)
     assert "helps by 12.00 points" in text and "helps by 16.00 points" in text
-    assert E.table(groups)["final test acc %"].tolist() == ["12.50 ± 0.71", "24.50 ± 0.71", "40.50 ± 0.71"]
+    assert ch.summarise(groups)["final test acc %"].tolist() == ["12.50 ± 0.71", "24.50 ± 0.71", "40.50 ± 0.71"]
 
 
 def test_train_runs_and_records_curves():
     data = _data()
-    run = E.train(data, "repaired", E.working(batch_size=32), 2, "cpu", label="rep")
+    run = ch.train_one(data, "repaired", ch.working(batch_size=32), 2, "cpu", label="rep")
     assert run.history.ok and list(run.curve.epoch) == [1, 2]
     assert run.curve[["train_acc", "test_acc"]].stack().between(0, 1).all() and (run.curve.test_loss > 0).all()
-    sched = E.schedule(E.original(), 24 * 98)
+    sched = ch.schedule(ch.original(), 24 * 98)
     peak = int(sched.lr.idxmax())
-    assert abs(peak - 5 / 24 * 24 * 98) <= 2 and sched.lr.max() == pytest.approx(E.ORIGINAL_MAX_LR)
-    assert sched.lr.iloc[0] == pytest.approx(E.ORIGINAL_MAX_LR / 10)
-    assert sched.lr.iloc[-1] == pytest.approx(E.ORIGINAL_MAX_LR / 100, rel=0.05)
-    assert isinstance(E.table({"rep": [run]}), pd.DataFrame)
-    for name in E.ABLATIONS:  # every ablation row runs at the lower peak and names one change
-        row = E.ablation(name, 0.02, 512, 0.1)
+    assert abs(peak - 5 / 24 * 24 * 98) <= 2 and sched.lr.max() == pytest.approx(ch.ORIGINAL_MAX_LR)
+    assert sched.lr.iloc[0] == pytest.approx(ch.ORIGINAL_MAX_LR / 10)
+    assert sched.lr.iloc[-1] == pytest.approx(ch.ORIGINAL_MAX_LR / 100, rel=0.05)
+    assert isinstance(ch.summarise({"rep": [run]}), pd.DataFrame)
+    for name in ch.ABLATIONS:  # every ablation row runs at the lower peak and names one change
+        row = ch.ablation(name, 0.02, 512, 0.1)
         assert row.recipe.max_lr == pytest.approx(0.002) and row.variant in U.VARIANTS and row.label
         assert row.key == name and row.on_diverge == "stop"
 
 
 def test_a_guarded_row_reuses_its_twin_only_when_the_twin_never_crossed():
     data = _data()
-    calm = E.run_rows(data, E.faithful_rows(1e-3, 16), [0], 1, "cpu", diverge_factor=20)
+    calm = ch.run_grid(data, ch.faithful_rows(1e-3, 16), [0], 1, "cpu", diverge_factor=20)
     assert calm["guarded"][0].history is calm["faithful"][0].history  # the same run, relabelled
     assert calm["guarded"][0].label != calm["faithful"][0].label
-    wild = E.run_rows(data, E.faithful_rows(0.3, 16), [0], 1, "cpu", diverge_factor=1.5)
+    wild = ch.run_grid(data, ch.faithful_rows(0.3, 16), [0], 1, "cpu", diverge_factor=1.5)
     assert wild["guarded"][0].history is not wild["faithful"][0].history
     assert wild["guarded"][0].history.stopped_at is not None
 
 
 def test_a_run_interrupted_mid_epoch_resumes_to_the_same_result(tmp_path, monkeypatch):
     data = _data(64)
-    args = (data, "fixed_spec", E.working(batch_size=16), 2, "cpu")
-    straight = E.train(*args, seed=3)
-    calls, real = {"n": 0}, E.Tally.__call__
+    args = (data, "fixed_spec", ch.working(batch_size=16), 2, "cpu")
+    straight = ch.train_one(*args, seed=3)
+    calls, real = {"n": 0}, ch.Tally.__call__
 
     def interrupted(self, out, y):            # a Colab disconnect in epoch 2, after its first checkpoint
         calls["n"] += 1
@@ -267,16 +268,16 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_result(tmp_path, monkey
             raise KeyboardInterrupt
         return real(self, out, y)
 
-    monkeypatch.setattr(E.Tally, "__call__", interrupted)
+    monkeypatch.setattr(ch.Tally, "__call__", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        E.train(*args, seed=3, checkpoints=str(tmp_path))
+        ch.train_one(*args, seed=3, checkpoints=str(tmp_path))
     assert len(list(tmp_path.glob("*.pt"))) == 1
     calls["n"] = -100                          # count the steps the resumed run trains
-    resumed = E.train(*args, seed=3, checkpoints=str(tmp_path))
+    resumed = ch.train_one(*args, seed=3, checkpoints=str(tmp_path))
     assert calls["n"] + 100 == 4               # only epoch 2's 4 steps: epoch 1 came from the checkpoint
     monkeypatch.undo()
     pd.testing.assert_frame_equal(resumed.curve, straight.curve)
-    other = E.train(*args, seed=4, checkpoints=str(tmp_path))     # another seed is another run: its own file
+    other = ch.train_one(*args, seed=4, checkpoints=str(tmp_path))     # another seed is another run: its own file
     assert len(list(tmp_path.glob("*.pt"))) == 2 and not other.curve.equals(straight.curve)
 
 
@@ -286,10 +287,10 @@ def test_prediction_snapshots_leave_training_unchanged_and_make_the_gif(tmp_path
     from PIL import Image
 
     data = _data()
-    rows = E.faithful_rows(0.3, 16) + E.repair_rows(0.01, 16, 0.02, 16, which=["repaired"])[:1]   # 4 steps each
-    snap = E.prediction_snapshots(data, 0, 3, n=24)
-    on = E.run_rows(data, rows, [0], 1, "cpu", diverge_factor=1.5, on_step=snap)
-    off = E.run_rows(data, rows, [0], 1, "cpu", diverge_factor=1.5)
+    rows = ch.faithful_rows(0.3, 16) + ch.repair_rows(0.01, 16, 0.02, 16, which=["repaired"])[:1]   # 4 steps each
+    snap = ch.prediction_snapshots(data, 0, 3, n=24)
+    on = ch.run_grid(data, rows, [0], 1, "cpu", diverge_factor=1.5, on_step=snap)
+    off = ch.run_grid(data, rows, [0], 1, "cpu", diverge_factor=1.5)
     for key in on:
         pd.testing.assert_frame_equal(on[key][0].history.df, off[key][0].history.df, check_exact=True)
         assert off[key][0].snapshots is None
@@ -299,9 +300,9 @@ def test_prediction_snapshots_leave_training_unchanged_and_make_the_gif(tmp_path
         snaps = on[key][0].snapshots
         assert snaps.at == train.even_steps(4, 3) == [0, 2, 4]
         assert all(f.shape == (24,) and f.dtype == np.uint8 and f.max() < 10 for f in snaps.frames)
-    assert E.steps_per_epoch(64, 16, "cpu") == 4 and E.steps_per_epoch(70, 16, "cpu") == 5
-    assert E.steps_per_epoch(70, 16, "cpu", fast=True) == 4                        # compiled: the last batch dropped
-    path = E.training_gif(on, data, tmp_path / "training.gif", diverge_factor=1.5)
+    assert ch.steps_per_epoch(64, 16, "cpu") == 4 and ch.steps_per_epoch(70, 16, "cpu") == 5
+    assert ch.steps_per_epoch(70, 16, "cpu", fast=True) == 4                        # compiled: the last batch dropped
+    path = ch.training_gif(on, data, tmp_path / "training.gif", diverge_factor=1.5)
     with Image.open(path) as im:
         assert im.n_frames == 3 and im.size[0] >= 320
 
@@ -310,6 +311,28 @@ def test_an_unknown_optimiser_name_is_refused_not_replaced_by_adam():
     import pytest
 
     with pytest.raises(ValueError, match="optimizer='adamw_' is not allowed"):
-        E.Recipe("typo", optimizer="adamw_")
-    assert type(E.working().optimizer_for([torch.nn.Parameter(torch.zeros(1))])) is torch.optim.AdamW
-    assert type(E.original().optimizer_for([torch.nn.Parameter(torch.zeros(1))])) is torch.optim.Adam
+        ch.Recipe("typo", optimizer="adamw_")
+    assert type(ch.working().optimizer_for([torch.nn.Parameter(torch.zeros(1))])) is torch.optim.AdamW
+    assert type(ch.original().optimizer_for([torch.nn.Parameter(torch.zeros(1))])) is torch.optim.Adam
+
+
+def test_glue_declares_each_key_pattern_once_and_fills_the_rows_that_did_not_run():
+    from nbhelpers import results, seeds as S
+
+    res = results.Results("04_ultimus")
+    ch.glue(res, {"repaired": _fake("r", [80.0, 82.0])}, ch.repair_rows(0.01, 512, 0.02, 256, which=["repaired"]))
+    v = res.values
+    assert v["repaired_final"] == S.pm(ch.finals(_fake("r", [80.0, 82.0]))) and v["repaired_params"] == 25_000
+    assert v["repaired_noattn_final"] == v["repaired_noattn_max"] == v["repaired_noattn_outcome"] == "—"
+    assert math.isnan(v["repaired_noattn_final_mean"])
+    assert v["repaired_noattn_params"] == train.count_params(U.build("repaired_noattn"))
+    assert sorted(res.patterns) == sorted(f"{{key}}_{k}" for k in ("final", "final_mean", "max", "outcome", "params"))
+    assert all(keys == [f"repaired_noattn_{p[6:]}", f"repaired_{p[6:]}"] for p, keys in res.patterns.items())
+
+
+def test_the_range_tests_spans_are_validated():
+    ok = {"range_start": 1e-6, "range_end": 0.1, "proper_range_end": 10.0}
+    ch._validate(ok)
+    for bad in ({"range_end": 1e-7}, {"proper_range_end": 1e-6}):
+        with pytest.raises(ValueError, match="range_start < range_end and < proper_range_end"):
+            ch._validate(ok | bad)

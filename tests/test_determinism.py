@@ -29,7 +29,8 @@ def _strip(obj):
 
 
 def _metrics(out):
-    return {p.name: _strip(json.loads(p.read_text())) for p in sorted((out / "book" / "notebooks").glob("*.metrics.json"))}
+    paths = sorted((out / "book" / "notebooks").glob("*.metrics.json"))
+    return {p.name: _strip(json.loads(p.read_text())) for p in paths}
 
 
 def _computed(out):

@@ -4,7 +4,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -68,7 +67,8 @@ def test_parameter_reference_page_lists_every_declared_parameter(smoke_book):
     for nb in NOTEBOOKS:
         assert nb.name in text
         for name in papermill.inspect_notebook(str(nb)):
-            assert f"<code class=\"docutils literal notranslate\"><span class=\"pre\">{name}</span></code>" in text, name
+            literal = f"<code class=\"docutils literal notranslate\"><span class=\"pre\">{name}</span></code>"
+            assert literal in text, name
 
 
 def test_front_page_results_come_from_every_chapters_metrics(smoke_book):

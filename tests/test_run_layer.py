@@ -40,6 +40,7 @@ def test_epoch_curve_and_grid():
     curve = train.epoch_curve(h, train_loss=("train_loss", "mean"), last=("step", "last"))
     assert curve.to_dict("list") == {"epoch": [1, 2], "train_loss": [0.5, 2.5], "last": [1, 3]}
     assert list(train.epoch_curve(train.History(), x=("x", "mean")).columns) == ["epoch", "x"]
+    assert train.epoch_curve(h, acc=("test_acc", "last")).acc.isna().all()   # never evaluated: NaN, not KeyError
     assert train.grid([(1, 2), (3, 4)], lambda a, b: a * b, progress=False) == [2, 12]
     assert train.grid([5], lambda a: -a, progress=False) == [-5]
 

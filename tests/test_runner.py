@@ -81,10 +81,12 @@ def test_interrupted_run_leaves_the_previous_book_intact(smoke_book, tmp_path):
 
     out = tmp_path / "out"
     shutil.copytree(smoke_book[0], out)
-    watched = [out / "html" / "notebooks" / "01_toy_attention.html", out / "book" / "notebooks" / "01_toy_attention.ipynb"]
+    watched = [out / "html" / "notebooks" / "01_toy_attention.html",
+               out / "book" / "notebooks" / "01_toy_attention.ipynb"]
     before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in watched]
     proc = subprocess.Popen([sys.executable, "-m", "nbhelpers.book", "--profile", "smoke", "--only", "01",
-                             "--force", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--force", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     running = out / "book" / "notebooks" / ".01_toy_attention.running.ipynb"
     deadline = time.time() + 120
     while not running.exists() and time.time() < deadline and proc.poll() is None:

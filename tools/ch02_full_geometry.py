@@ -1,11 +1,13 @@
 """Chapter 2 at the original's geometry, repaired model only: evidence for the targets where the full profile
 (every row, 20k steps each) cannot run.
 
-Same data and code as the notebook (``nbhelpers.chapters.ch02_gp_sequences.experiment``): 150k pairs of 400 distinct points (80/20
-split), the original's inference layout (all of series 1, then 50 series-0 points picked among its lowest 120),
-the repaired model trained in that layout with the exact NLL, Adam, batch 64. Prints the metrics on the first ``--n-eval`` test pairs every ``steps / evals`` steps, then a final JSON
-line on all ``--n-test`` sorted test pairs (mean |first-step error|, rollout RMSE; with ``--noise`` also the
-teacher-forced target log-likelihood per point against the exact GP posterior's, and the gap).
+Same data and code as the notebook (``nbhelpers.chapters.ch02_gp_sequences.experiment``): 150k pairs of 400
+distinct points (80/20 split), the original's inference layout (all of series 1, then 50 series-0 points picked
+among its lowest 120), the repaired model trained in that layout with the exact NLL, Adam, batch 64. Prints the
+metrics on the first ``--n-eval`` test pairs after every evaluation interval (``steps / evals`` steps: one pass over
+``Batches``), then a final JSON line on all ``--n-test`` sorted test pairs (mean |first-step error|, rollout RMSE;
+with ``--noise`` also the teacher-forced target log-likelihood per point against the exact GP posterior's, and the
+gap).
 
 Model defaults are the chapter's full profile (``gpx.Config``: 64 x 2, self-feeding, Adam 3e-4, a correction on the
 parameter-free baseline; ``--no-on-baseline`` trains the attention-only control).
@@ -20,7 +22,6 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
 from nbhelpers import runtime
@@ -69,9 +70,8 @@ def main(argv=None):
     cfg = gpx.Config(width=a.width, layers=a.layers, steps=a.steps, lr=a.lr, evals=a.evals, self_feed=a.self_feed)
     n_fit = int(0.8 * a.n_train)
     train = data.make_pairs(n_fit, cfg.n_points, noise=a.noise, seed=0, device=device)
-    test = data.inference_layout(data.make_pairs(a.n_test, cfg.n_points, noise=a.noise, seed=2), cfg.context_p,
-                                 cfg.pool, seed=2)
-    head = {k: (v[:a.n_eval] if isinstance(v, np.ndarray) else v) for k, v in test.items()}
+    test = data.inference_pairs(a.n_test, cfg.n_points, cfg.context_p, cfg.pool, 2, noise=a.noise)
+    head = test.head(a.n_eval)
     noisy = a.noise > 0
     ref = gpx.oracle(head, cfg, noise=a.noise, loglik=noisy)
     base = gpx.baseline(head, cfg)
@@ -84,7 +84,7 @@ def main(argv=None):
     row = gpx.ROWS[key]
     torch.manual_seed(0)
     model = gpx.build(row, cfg).to(device)
-    batches = gpx.Batches(train, row.regime, cfg, max(1, cfg.steps // cfg.evals), seed=0)
+    batches = gpx.Batches(train, row.regime, cfg, max(1, cfg.steps // cfg.evals), seed=0)  # one evaluation interval
 
     def metrics(m, pairs, oracle_loglik=None):
         r = gpx.evaluate(m, row, pairs, cfg)
@@ -109,7 +109,7 @@ def main(argv=None):
     final.update(oracle_first_abs=full_ref["first_abs"], oracle_rmse=full_ref["rollout_rmse"])
     fb = gpx.baseline(test, cfg)
     final.update(baseline_first_abs=fb["first_abs"], baseline_rmse=fb["rollout_rmse"])
-    out = {**vars(a), "params": models.count_params(model), "train_s": round(hist.wall_s),
+    out = {**vars(a), "params": training.count_params(model), "train_s": round(hist.wall_s),
            **{k: round(v, 4) for k, v in final.items()}, "wall_s": round(time.time() - t0)}
     print("FINAL", json.dumps(out), flush=True)
 

@@ -53,11 +53,11 @@ def main(argv=None) -> int:
     base = E.REPAIRED if a.recipe == "repaired" else E.ORIGINAL
     recipe = dataclasses.replace(base, batch_size=a.batch or base.batch_size, lr=a.lr or base.lr)
     print(f"{a.model} on {a.dataset}: {len(data.x_train)} train / {len(data.x_test)} test, {a.epochs} epochs, "
-          f"device {device}, precision {runtime.amp_for(device) if recipe.amp else 'fp32'}, threads {torch.get_num_threads()}",
-          flush=True)
+          f"device {device}, precision {runtime.amp_for(device) if recipe.amp else 'fp32'}, "
+          f"threads {torch.get_num_threads()}", flush=True)
     t0 = time.perf_counter()
-    r = E.train_model(data, a.model, recipe, a.epochs, device, seed=a.seed, bug_compatible=a.recipe == "original",
-                      progress=True)
+    r = E.train_one(data, a.model, recipe, a.epochs, device, seed=a.seed, bug_compatible=a.recipe == "original",
+                    progress=True)
     wall = time.perf_counter() - t0
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / f"{a.dataset}_{a.model}_{a.recipe}_curve"

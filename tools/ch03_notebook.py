@@ -67,34 +67,30 @@ gif_frames: int = 60        # frames of the CLS-attention training GIF (the firs
 ("code", r"""
 import dataclasses
 
-from nbhelpers import params, results, runtime
+from nbhelpers import params
 from nbhelpers.data import images
-from nbhelpers.chapters.ch03_vit_hybrid import experiment as E
-from nbhelpers.chapters.ch03_vit_hybrid import models as V
-from nbhelpers.viz import animate, style
+from nbhelpers.chapters.ch03_vit_hybrid import experiment as ch, models
+from nbhelpers.viz import animate
 
-P = params.check(
-    globals(), "03_vit_hybrid", **params.common(), seeds=params.Int(1, 20), repaired_seeds=params.Int(1, 20),
+book = ch.start(
+    globals(), seeds=params.Int(1, 20), repaired_seeds=params.Int(1, 20),
     base_seeds=params.Int(1, 20),
     datasets=params.Choice("all", *images.DATASETS, many=True) if isinstance(datasets, list)
     else params.Choice("all", *images.DATASETS),
     n_train=params.Int(0, 60_000), n_test=params.Int(0, 10_000),
-    table1_models=params.Choice(*V.MODELS, many=True), table1_epochs=params.Int(0, 200),
-    base_models=params.Choice(*V.MODELS, many=True), base_depths=params.Choice(6, 12, many=True),
+    table1_models=params.Choice(*models.MODELS, many=True), table1_epochs=params.Int(0, 200),
+    base_models=params.Choice(*models.MODELS, many=True), base_depths=params.Choice(6, 12, many=True),
     base_epochs=params.Int(0, 200),
-    corrected_models=params.Choice(*V.MODELS[1:], many=True), corrected_epochs=params.Int(0, 200),
+    corrected_models=params.Choice(*models.MODELS[1:], many=True), corrected_epochs=params.Int(0, 200),
     patch_grid=params.Choice("fine", "coarse"), scale_forms=params.Choice("strip", "vit-pytorch", many=True),
-    scale_epochs=params.Int(0, 200), repaired_models=params.Choice(*V.REPAIRED_MODELS, "cnn", many=True),
+    scale_epochs=params.Int(0, 200), repaired_models=params.Choice(*models.REPAIRED_MODELS, "cnn", many=True),
     repaired_epochs=params.Int(0, 400), repaired_batch=params.Int(8, 4096),
     repaired_datasets=params.Choice("all", *images.DATASETS, many=True),
     timing_images=params.Int(1, 10_000), timing_reps=params.Int(1, 100), checkpoints=params.Text(),
     gif_frames=params.Int(2, 150),
 )
-run = runtime.start(profile, seed, device)
-res = results.Results("03_vit_hybrid", run)
-style.use()
-SEEDS = list(range(seed, seed + seeds))
-DATA, MISSING = E.load_datasets(datasets, n_train, n_test)
+run, res, SEEDS, P = book.run, book.res, book.seeds, book.params
+DATA, MISSING = ch.load(datasets, n_train, n_test)
 {name: f"{len(d.x_train)} train / {len(d.x_test)} test, {d.shape}" for name, d in DATA.items()} | MISSING
 """),
 ("md", r"""
@@ -106,10 +102,9 @@ The original passed the **pixel count** (784 or 1024) as vit-pytorch's `image_si
 every count quoted here):
 """),
 ("code", r"""
-counts = E.param_table("small")
-for (model, dataset), n in counts.stack().items():
-    res.glue(f"params_{model.split(',')[0].replace(' ', '_')}{'_printed' if 'printed' in model else ''}_{dataset}", int(n))
-res.glue("tokens_bug", V.num_tokens(V.build("vit", (28, 28, 1), 10), (28, 28, 1)))
+counts = ch.param_table("small")
+ch.glue_params(res, counts)
+res.glue("tokens_bug", models.num_tokens(models.build("vit", (28, 28, 1), 10), (28, 28, 1)))
 counts.style.format("{:,}")
 """),
 ("md", r"""
@@ -124,7 +119,7 @@ The original's published numbers (max test accuracy %), as facts; below, each si
 same model size, data and epochs:
 """),
 ("code", r"""
-E.styled(E.original_tables())
+ch.styled(ch.original_tables())
 """),
 ("md", r"""
 ## Table 1 at its own size: the small models, 1 epoch
@@ -132,12 +127,12 @@ E.styled(E.original_tables())
 The original recipe, bug-compatible, over several seeds:
 """),
 ("code", r"""
-table1 = E.run_specs(DATA, [E.Spec("table 1", m, E.ORIGINAL, table1_epochs) for m in table1_models], SEEDS,
+table1 = ch.run_grid(DATA, [ch.Spec("table 1", m, ch.ORIGINAL, table1_epochs) for m in table1_models], SEEDS,
                      run.device, checkpoints=checkpoints)
-res.glue("table1_verdict", E.like_for_like_verdict(table1) if table1 else "table 1 was not run at this profile")
-res.glue("table1_best", "; ".join(f"{E.best_model(table1, 'table 1', d)} on {images.TITLES[d]}" for d in DATA)
+res.glue("table1_verdict", ch.like_for_like_verdict(table1) if table1 else "table 1 was not run at this profile")
+res.glue("table1_best", "; ".join(f"{ch.best_model(table1, 'table 1', d)} on {images.TITLES[d]}" for d in DATA)
          if table1 else "—")
-E.styled(E.results_table(table1)) if table1 else "not run at this profile"
+ch.styled(ch.summarise(table1)) if table1 else "not run at this profile"
 """),
 ("md", r"""
 Against the original's table 1: {glue:text}`table1_verdict`. The best model per dataset in our table 1:
@@ -148,7 +143,7 @@ still said "default: 14", and its CIFAR-10 CNN scored 57.78 % in table 1 against
 table 2 — as if table 1 had been trained longer than its stated epoch. And trained for 14 epochs with the same
 recipe on the full data, table 1's ViT on MNIST reaches the original's table-1 number exactly (one seed, measured
 on a CPU with `tools/ch03_curve.py`; the README has the curve), while after 1 epoch it is well below it. So table 1
-was most likely a 14-epoch run. This page keeps SPEC's reading (1 epoch) for its like-for-like rows and says so;
+was most likely a 14-epoch run. This page keeps the reading of our notes on the original (`docs/originals.md`: 1 epoch) for its like-for-like rows and says so;
 `-p table1_epochs 14` runs the whole table at 14 epochs.
 
 ## Tables 2 and 3 at their own size: ViT-Base width, 15 epochs
@@ -157,13 +152,13 @@ The original's 15-epoch numbers are for the CNN and for transformers at ViT-Base
 with depth 12 (table 2) and depth 6 (table 3) — still with the 4-token bug:
 """),
 ("code", r"""
-base_specs = [E.Spec("tables 2-3", "cnn", E.ORIGINAL, base_epochs)] if "cnn" in base_models else []
-base_specs += [E.Spec("tables 2-3", m, E.ORIGINAL, base_epochs, size=f"base{d}", label=f"{m} (depth {d})")
+base_specs = [ch.Spec("tables 2-3", "cnn", ch.ORIGINAL, base_epochs)] if "cnn" in base_models else []
+base_specs += [ch.Spec("tables 2-3", m, ch.ORIGINAL, base_epochs, size=f"base{d}", label=f"{m} (depth {d})")
                for d in base_depths for m in base_models if m != "cnn"]
-base = E.run_specs(DATA, base_specs, list(range(seed, seed + base_seeds)), run.device,
+base = ch.run_grid(DATA, base_specs, list(range(seed, seed + base_seeds)), run.device,
                    checkpoints=checkpoints) if base_epochs else []
-res.glue("base_verdict", E.like_for_like_verdict(base) if base else "tables 2-3 were not run at this profile")
-E.styled(E.results_table(base)) if base else "not run at this profile"
+res.glue("base_verdict", ch.like_for_like_verdict(base) if base else "tables 2-3 were not run at this profile")
+ch.styled(ch.summarise(base)) if base else "not run at this profile"
 """),
 ("md", r"""
 Against tables 2–3: {glue:text}`base_verdict`.
@@ -177,18 +172,18 @@ feature map:
 ("code", r"""
 corr_specs = []
 for m in corrected_models:
-    corr_specs += [E.Spec("patching", m, E.ORIGINAL, corrected_epochs, label=f"{m} · 4 tokens (bug)"),
-                   E.Spec("patching", m, E.ORIGINAL, corrected_epochs, bug_compatible=False, patch=patch_grid,
+    corr_specs += [ch.Spec("patching", m, ch.ORIGINAL, corrected_epochs, label=f"{m} · 4 tokens (bug)"),
+                   ch.Spec("patching", m, ch.ORIGINAL, corrected_epochs, bug_compatible=False, patch=patch_grid,
                           label=f"{m} · true grid")]
 first = next(iter(DATA))   # the GIF's dataset: the first seed's ViTs on it record their CLS attention through training
-att_frames = E.attention_snapshots(first, seed, gif_frames)
-corrected = E.run_specs(DATA, corr_specs, SEEDS, run.device, checkpoints=checkpoints,
+att_frames = ch.attention_snapshots(first, seed, gif_frames)
+corrected = ch.run_grid(DATA, corr_specs, SEEDS, run.device, checkpoints=checkpoints,
                         on_step=att_frames) if corrected_epochs else []
 res.glue("patch_verdict", "; ".join(
-    f"for the {m}: " + E.switch_sentence(corrected, "patching", f"{m} · 4 tokens (bug)", f"{m} · true grid",
-                                         "the true grid") for m in corrected_models) if corrected else
+    f"for the {m}: " + ch.switch_sentence(corrected, "patching", f"{m} · 4 tokens (bug)", f"{m} · true grid",
+                                          "the true grid") for m in corrected_models) if corrected else
     "was not run at this profile")
-E.styled(E.results_table(corrected)) if corrected else "not run at this profile"
+ch.styled(ch.summarise(corrected)) if corrected else "not run at this profile"
 """),
 ("md", r"""
 Switching the bug off, {glue:text}`patch_verdict`.
@@ -197,7 +192,7 @@ Switching the bug off, {glue:text}`patch_verdict`.
 
 The second original trained a 1-layer ViT on MNIST (width 128, 8 heads of 16, MLP 512, Adam 5e-5, batch 64, 50
 epochs) with and without the 1/√d scale and saw no difference (97.15 % vs 97.14 %). Its model has quirks we keep
-(`models.vision.StripViT`): its "patches" are strips of 49 consecutive pixels, the classifier reads the **last**
+(`models.StripViT`): its "patches" are strips of 49 consecutive pixels, the classifier reads the **last**
 token instead of the CLS token, and each block's LayerNorm *overwrites* the residual stream. We run it, and the
 same ablation on vit-pytorch's ViT (pre-norm, CLS readout, 7×7 patches) by switching the `scale` of its attention
 modules — no hand-written attention there:
@@ -207,18 +202,18 @@ scale_specs = []
 for scaled in (True, False):
     word = "with" if scaled else "without"
     if "strip" in scale_forms:
-        scale_specs.append(E.Spec("sqrt(d)", "stripvit", E.STRIP, scale_epochs, scaled=scaled,
+        scale_specs.append(ch.Spec("sqrt(d)", "stripvit", ch.STRIP, scale_epochs, scaled=scaled,
                                   label=f"second original, {word} 1/√d"))
     if "vit-pytorch" in scale_forms:
-        scale_specs.append(E.Spec("sqrt(d)", "vit", E.STRIP, scale_epochs, size="sqrt_d", scaled=scaled,
+        scale_specs.append(ch.Spec("sqrt(d)", "vit", ch.STRIP, scale_epochs, size="sqrt_d", scaled=scaled,
                                   bug_compatible=False, patch=patch_grid, label=f"vit-pytorch, {word} 1/√d"))
-scale_runs = E.run_specs({"mnist": DATA["mnist"]} if "mnist" in DATA else {}, scale_specs, SEEDS, run.device,
+scale_runs = ch.run_grid({"mnist": DATA["mnist"]} if "mnist" in DATA else {}, scale_specs, SEEDS, run.device,
                          checkpoints=checkpoints) if scale_epochs else []
-for form, name in (("second original", "strip"), ("vit-pytorch", "vitpytorch")):
-    res.glue(f"sqrt_d_{name}", E.switch_sentence(scale_runs, "sqrt(d)", f"{form}, with 1/√d",
-                                                 f"{form}, without 1/√d", "removing the scale"))
-res.glue("sqrt_d_like", E.scale_like_for_like(scale_runs))
-E.styled(E.results_table(scale_runs)) if scale_runs else "not run at this profile"
+res.glue_rows([{"form": "second original", "name": "strip"}, {"form": "vit-pytorch", "name": "vitpytorch"}],
+              "sqrt_d_{name}", lambda f: ch.switch_sentence(scale_runs, "sqrt(d)", f"{f['form']}, with 1/√d",
+                                                            f"{f['form']}, without 1/√d", "removing the scale"))
+res.glue("sqrt_d_like", ch.scale_like_for_like(scale_runs))
+ch.styled(ch.summarise(scale_runs)) if scale_runs else "not run at this profile"
 """),
 ("md", r"""
 In the second original's own model, {glue:text}`sqrt_d_strip`; in vit-pytorch's ViT, {glue:text}`sqrt_d_vitpytorch`.
@@ -241,8 +236,8 @@ convolution groups with BatchNorm {cite:p}`ioffe-batchnorm` (32 → 31 → 15 �
 group to 192 channels to make room, and put **one layer of self-attention over the 7×7 grid** between the second
 and the third group: each position is a 192-wide token with a learned position, through a pre-norm layer of
 vit-pytorch's `Transformer` (4 heads, MLP width 192). The attention's output maps start at zero, so the model
-starts as its control and has to learn to use the attention (`models.vision.ConvTransformer`).
-Recipe (airbench94's, `E.REPAIRED`): per-dataset normalisation; random flips (not on MNIST) and 2-pixel
+starts as its control and has to learn to use the attention (`models.ConvTransformer`).
+Recipe (airbench94's, `ch.REPAIRED`): per-dataset normalisation; random flips (not on MNIST) and 2-pixel
 translations; Nesterov SGD in airbench's decoupled form (lr 11.5 and weight decay 0.0153 per 1024 examples,
 momentum 0.85, BatchNorm biases at 64× the rate), batch 1024, a triangular schedule, label smoothing 0.2 {cite:p}`szegedy-label-smoothing`, an EMA of
 the weights from epoch 3; at the end, test-time augmentation over mirrors and 1-pixel shifts. We differ from it in
@@ -256,19 +251,21 @@ convolution group feeds the third directly; since the attention starts as the id
 at initialisation), and the original's CNN.
 """),
 ("code", r"""
-REPAIRED = dataclasses.replace(E.REPAIRED, batch_size=repaired_batch)
-labels = {"convformer": "repaired (conv + attention)", "convnet": "control: no attention", "cnn": "control: original CNN"}
+REPAIRED = dataclasses.replace(ch.REPAIRED, batch_size=repaired_batch)
+labels = {"convformer": "repaired (conv + attention)", "convnet": "control: no attention",
+          "cnn": "control: original CNN"}
 REP_DATA = {d: x for d, x in DATA.items() if "all" in P["repaired_datasets"] or d in P["repaired_datasets"]}
-repaired = E.run_specs(REP_DATA, [E.Spec("repaired", m, REPAIRED, repaired_epochs, bug_compatible=False, label=labels[m])
-                              for m in repaired_models], list(range(seed, seed + repaired_seeds)), run.device,
+repaired = ch.run_grid(REP_DATA, [ch.Spec("repaired", m, REPAIRED, repaired_epochs, bug_compatible=False,
+                                         label=labels[m]) for m in repaired_models],
+                       list(range(seed, seed + repaired_seeds)), run.device,
                        checkpoints=checkpoints) if repaired_epochs else []
-res.glue("repaired_targets", E.target_sentence(repaired, labels["convformer"]))
-res.glue("attention_adds", E.beats_sentence(repaired, "repaired", labels["convnet"], labels["convformer"],
-                                            "the same network without attention"))
-res.glue("cnn_recipe", E.recipe_sentence(table1 + base + repaired))
-res.glue("params_repaired", E.param_count("convformer"))
-res.glue("params_convnet", E.param_count("convnet"))
-E.styled(E.results_table(repaired)) if repaired else "not run at this profile"
+res.glue("repaired_targets", ch.target_sentence(repaired, labels["convformer"]))
+res.glue("attention_adds", ch.beats_sentence(repaired, "repaired", labels["convnet"], labels["convformer"],
+                                             "the same network without attention"))
+res.glue("cnn_recipe", ch.recipe_sentence(table1 + base + repaired))
+res.glue("params_repaired", ch.param_count("convformer"))
+res.glue("params_convnet", ch.param_count("convnet"))
+ch.styled(ch.summarise(repaired)) if repaired else "not run at this profile"
 """),
 ("md", r"""
 The repaired model ({glue:text}`params_repaired:,d` parameters on CIFAR-10) reaches
@@ -284,10 +281,10 @@ mostly times kernel launches):
 """),
 ("code", r"""
 ALL = table1 + base + corrected + scale_runs + repaired
-E.time_runs(ALL, DATA, run.device, n=timing_images, reps=timing_reps)
-table = res.table("results", E.results_table(ALL, missing=MISSING))
-E.glue_headlines(res, ALL)
-E.styled(table)
+ch.time_runs(ALL, DATA, run.device, n=timing_images, reps=timing_reps)
+table = res.table("results", ch.summarise(ALL, missing=MISSING))
+ch.glue(res, ALL)
+ch.styled(table)
 """),
 ("md", r"""
 **Why the original looked the way it did.** With 4 tokens of 14×14 (or 16×16×3) pixels, the "ViT" is an MLP on
@@ -299,10 +296,10 @@ epoch 15 — with no augmentation and MNIST's statistics on colour images.
 ## Learning curves
 """),
 ("code", r"""
-E.plot_curves(corrected, "patching ·") if corrected else None;
+ch.plot_curves(corrected, "patching ·") if corrected else None;
 """),
 ("code", r"""
-E.plot_curves(repaired, "repaired ·") if repaired else None;
+ch.plot_curves(repaired, "repaired ·") if repaired else None;
 """),
 ("md", r"""
 ## What do the transformers attend to?
@@ -312,7 +309,7 @@ image. With the bug there are 4 tokens, so the map is a 2×2 block; with real pa
 """),
 ("code", r"""
 attn_models = {r.label: r.model for r in corrected if r.model_name == "vit" and r.dataset == first and r.seed == seed}
-E.plot_attention(DATA[first], attn_models, E.stats_for(E.ORIGINAL, DATA[first])) if attn_models else None;
+ch.plot_attention(DATA[first], attn_models, ch.stats_for(ch.ORIGINAL, DATA[first])) if attn_models else None;
 """),
 ("md", r"""
 ### Through training
@@ -322,7 +319,7 @@ untrained model to the last step, with each model's accuracy at that point on a 
 Recording runs in evaluation mode and changes nothing of the training.
 """),
 ("code", r"""
-gifs = {"cls_attention": E.attention_gif(corrected, DATA[first], "figures/03/cls_attention.gif")}
+gifs = {"cls_attention": ch.attention_gif(corrected, DATA[first], "figures/03/cls_attention.gif")}
 res.glue("gif_frames_used", max((len(r.snapshots.at) for r in corrected if r.snapshots), default=0))
 animate.show(gifs)  # the GIF here in Colab / Jupyter; in the book, below
 """),
@@ -360,13 +357,13 @@ if __name__ == "__main__":
     nb = nbformat.read(ROOT / "notebooks" / "03_vit_hybrid.ipynb", 4)
     apply(nb, "03_vit_hybrid")
     wide_tables(nb)
-    figure(nb, 'E.plot_curves(corrected, "patching', "Test-accuracy curves per epoch of the bug-compatible and "
+    figure(nb, 'ch.plot_curves(corrected, "patching', "Test-accuracy curves per epoch of the bug-compatible and "
            "true-patch-grid transformers, one panel per dataset", "Learning curves of the patching runs (mean over "
            "seeds; band: lowest to highest seed).")
-    figure(nb, 'E.plot_curves(repaired, "repaired', "Test-accuracy curves per epoch of the repaired model, its "
+    figure(nb, 'ch.plot_curves(repaired, "repaired', "Test-accuracy curves per epoch of the repaired model, its "
            "no-attention control and the original CNN on the repaired recipe", "Learning curves of the repaired "
            "recipe and its controls (mean over seeds; band: lowest to highest seed).")
-    figure(nb, "E.plot_attention(DATA[first]", "Sample test images with each transformer's CLS attention drawn "
+    figure(nb, "ch.plot_attention(DATA[first]", "Sample test images with each transformer's CLS attention drawn "
            "over them as a heat map", "What the CLS token attends to in the last layer, per model, on sample test "
            "images (first seed).")
     nbformat.write(nb, ROOT / "notebooks" / "03_vit_hybrid.ipynb")

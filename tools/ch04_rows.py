@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from nbhelpers import runtime, seeds as S
-from nbhelpers.chapters.ch04_ultimus import experiment as E
+from nbhelpers.chapters.ch04_ultimus import experiment as ch
 
-ROWS = {r.key: r for r in E.faithful_rows(E.ORIGINAL_MAX_LR, 512) + E.repair_rows(0.01, 512, 0.02, 256)
-        + [E.ablation(a, E.ORIGINAL_MAX_LR, 512) for a in E.ABLATIONS]}
+ROWS = {r.key: r for r in ch.faithful_rows(ch.ORIGINAL_MAX_LR, 512) + ch.repair_rows(0.01, 512, 0.02, 256)
+        + [ch.ablation(a, ch.ORIGINAL_MAX_LR, 512) for a in ch.ABLATIONS]}
 
 
 def main(argv=None) -> int:
@@ -40,15 +40,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     run = runtime.start("full", a.seeds[0], a.device)
-    data = E.load(a.n_train, 0)
+    data = ch.load(a.n_train, 0)
     results = {}
     for key in a.rows:
         t0 = time.perf_counter()
-        runs = E.run_rows(data, [ROWS[key]], a.seeds, a.epochs, run.device, diverge_factor=20.0)[key]
+        runs = ch.run_grid(data, [ROWS[key]], a.seeds, a.epochs, run.device, diverge_factor=20.0)[key]
         wall = time.perf_counter() - t0
         results[key] = {"label": runs[0].label, "params": runs[0].params, "seeds": a.seeds,
                         "final": [100 * r.final_acc for r in runs], "max": [100 * r.max_acc for r in runs],
-                        "final_pm": S.pm(E.finals(runs)), "outcome": E.outcome(runs), "wall_s": round(wall, 1),
+                        "final_pm": S.pm(ch.finals(runs)), "outcome": ch.outcome(runs), "wall_s": round(wall, 1),
                         "curves": [r.curve.to_dict(orient="list") for r in runs]}
         print(f"{key}: final {results[key]['final_pm']} %, max {S.pm(results[key]['max'])} %, "
               f"{results[key]['outcome']}, {wall:.0f} s", flush=True)

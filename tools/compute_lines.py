@@ -1,6 +1,6 @@
 """Write each chapter's "what a rerun costs" line (in its first markdown cell) from book/compute.yml.
 
-    python tools/compute_lines.py          # after editing book/compute.yml (tools/ch03_notebook.py calls it for chapter 3)
+    python tools/compute_lines.py   # after editing book/compute.yml (tools/ch03_notebook.py calls it for chapter 3)
 """
 import re
 import textwrap

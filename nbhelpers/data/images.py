@@ -1,6 +1,6 @@
 """Image datasets (MNIST, CIFAR-10, CIFAR-100) as uint8 arrays, and a device-resident batcher with augmentation.
 
-Loading order (DESIGN.md): the array cache ``<root>/<name>.npz`` (keys x_train, y_train, x_test, y_test, classes;
+Loading order: the array cache ``<root>/<name>.npz`` (keys x_train, y_train, x_test, y_test, classes;
 uint8 N×H×W×C, int64 labels) is read first; otherwise torchvision loads the dataset from its own layout under
 the root (``download=True`` fetches it online and finds existing files offline) and the cache is written.
 Nothing is ever substituted: a dataset that cannot be found is a ``DataUnavailable`` error saying where we
@@ -180,7 +180,8 @@ def _cache_fix(name: str, path: Path) -> str:
 def _from_cache(name: str, path: Path) -> ImageData:
     """Read and verify an array cache; any problem is one DataCorrupt naming the file and the fix."""
     def damaged(what: str) -> DataCorrupt:
-        return DataCorrupt(f"array cache {path} is damaged: {what}; nothing was trained on it. {_cache_fix(name, path)}")
+        return DataCorrupt(f"array cache {path} is damaged: {what}; nothing was trained on it. "
+                           f"{_cache_fix(name, path)}")
 
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -305,7 +306,8 @@ def load(name: str, root: str | os.PathLike | None = None, download: bool = True
     except Exception as e:  # offline download, missing files: one clear error, never a substitute
         raise DataUnavailable(
             f"dataset {name!r} is not available: looked for the array cache {path} and torchvision's "
-            f"{_TORCHVISION[name]} files under {root} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            f"{_TORCHVISION[name]} files under {root} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
             f"Provide it by setting NBHELPERS_DATA to a folder that has it, or by running once with internet "
             f"access (torchvision downloads it there)."
         ) from e

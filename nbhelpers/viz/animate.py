@@ -42,10 +42,11 @@ def subsample(n: int, max_frames: int) -> np.ndarray:
 
 
 def palette_frames(frames: list[np.ndarray], colors: int = 128) -> tuple[list[np.ndarray], list[int]]:
-    """One global palette of ``colors`` colours for all frames (median cut over a sample of up to 17 frames, no dithering) and each
-    frame as palette indices. One palette means a pixel that did not change keeps its index from frame to frame,
-    which is what makes frame differencing work; no dithering keeps flat areas flat (and small). 128 colours: a
-    mean colour error of about 2.4 / 255 on the book's surfaces (2.3 with 255 colours) for a ~20 % smaller file."""
+    """One global palette of ``colors`` colours for all frames (median cut over a sample of up to 17 frames, no
+    dithering) and each frame as palette indices. One palette means a pixel that did not change keeps its index
+    from frame to frame, which is what makes frame differencing work; no dithering keeps flat areas flat (and
+    small). 128 colours: a mean colour error of about 2.4 / 255 on the book's surfaces (2.3 with 255 colours) for
+    a ~20 % smaller file."""
     step = max(1, len(frames) // 16)
     sample = np.concatenate(frames[::step] + [frames[-1]], axis=0)
     pal = Image.fromarray(sample).quantize(colors=min(colors, TRANSPARENT), method=Image.Quantize.MEDIANCUT,

@@ -12,7 +12,7 @@ from functools import partial
 
 import numpy as np
 
-__all__ = ["DATASETS", "Task", "TASKS", "check_dataset", "generate", "make_split",
+__all__ = ["DATASETS", "Task", "TASKS", "Split", "check_dataset", "generate", "make_split",
            "bayes_ceiling", "grid"]
 
 RADIUS = 6.0
@@ -175,7 +175,17 @@ def generate(name, n, noise, rng_or_seed):
     return X.astype(np.float32), (y > 0).astype(np.int64)
 
 
-def make_split(name, n_train=500, n_val=500, noise=None, seed=2024) -> dict:
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One dataset's training and validation draws (arrays as ``generate`` returns them) and its task."""
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    task: Task
+
+
+def make_split(name, n_train=500, n_val=500, noise=None, seed=2024) -> Split:
     """Independent train and validation draws from one Generator (train first).
 
     ``task`` is ``TASKS[name]`` with ``noise`` set to the noise actually used.
@@ -185,8 +195,7 @@ def make_split(name, n_train=500, n_val=500, noise=None, seed=2024) -> dict:
     rng = np.random.default_rng(seed)
     x_train, y_train = generate(name, n_train, noise, rng)
     x_val, y_val = generate(name, n_val, noise, rng)
-    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val,
-            "task": replace(task, noise=noise)}
+    return Split(x_train, y_train, x_val, y_val, replace(task, noise=noise))
 
 
 # --- Bayes ceilings ---

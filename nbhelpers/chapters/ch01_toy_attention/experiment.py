@@ -1,12 +1,13 @@
 """Chapter 1 experiment: train Heads / tanh MLP / ReLU MLP on the six playground tasks, over seeds.
 
-The notebook calls ``train_one`` / ``run_grid`` / ``summarise`` and the figure functions below; nothing else
-about the experiment lives in the notebook.
+The notebook opens with ``start`` and calls ``load`` / ``train_one`` / ``run_grid`` / ``summarise`` / ``glue`` and
+the figure functions below; nothing else about the experiment lives in the notebook.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,39 +16,56 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from ... import runtime
+from ... import chapter, runtime
 from ... import seeds as seeds_mod
 from ... import train as training
 from . import data as pg
-from . import models as models
+from . import models
 from ...viz import animate, plots
 
 GRID_LIM = 6.5
 EXTENT = (-GRID_LIM, GRID_LIM, -GRID_LIM, GRID_LIM)
+TEST_SEED = 1        # the held-out test draw of the ceiling study (the splits use 2024; any other seed is independent)
+CEILING_TOL = {"spiral": 2.0}   # points below the Bayes ceiling that count as reaching it (others: DEFAULT_TOL)
+DEFAULT_TOL = 1.0
+MAX_PARAMS = 200
 
 
-@dataclass
-class ToyRun:
+def start(namespace: dict, **specs) -> chapter.Opening:
+    """The notebook's opening: ``chapter.start`` with this chapter's cross-parameter checks (``_validate``)."""
+    return chapter.start(namespace, __name__, validate=_validate, **specs)
+
+
+def _validate(p: dict) -> None:
+    """n_head must divide n_embd, and the ceiling study's widths and slice counts must allow a configuration."""
+    models.Heads(n_embd=p["n_embd"], n_head=p["n_head"])  # raises on an incompatible n_embd / n_head
+    if not ceiling_grid(p["ceiling_widths"], p["ceiling_heads"], p["ceiling_lrs"], p["ceiling_epochs"]):
+        raise ValueError(f"ceiling_widths={p['ceiling_widths']} and ceiling_heads={p['ceiling_heads']} allow no Heads "
+                         f"configuration: a slice count must divide a width and keep the model within {MAX_PARAMS} "
+                         "parameters")
+
+
+def load(datasets=pg.DATASETS, n_train: int = 500, n_val: int = 500) -> dict[str, pg.Split]:
+    """{dataset: its training and validation draws} (``data.make_split``: default_rng(2024), train first)."""
+    return {d: pg.make_split(d, n_train=n_train, n_val=n_val) for d in datasets}
+
+
+@dataclass(kw_only=True)
+class ToyRun(training.Run):
+    """One model (``label``: heads, mlp or relu_mlp) trained on one dataset with one seed."""
+
     dataset: str
-    model_name: str
-    seed: int
-    model: torch.nn.Module
-    history: training.History
     metric: float            # validation accuracy (classification) or MSE (regression)
-    params: int
-    snapshots: training.Snapshots | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def task(self) -> pg.Task:
         return pg.TASKS[self.dataset]
 
 
-def tensors(split: dict):
-    task = split["task"]
-    y_dtype = torch.long if task.kind == "classification" else torch.float32
-    return (torch.as_tensor(split["x_train"]), torch.as_tensor(split["y_train"], dtype=y_dtype),
-            torch.as_tensor(split["x_val"]), torch.as_tensor(split["y_val"], dtype=y_dtype))
+def tensors(split: pg.Split):
+    y_dtype = torch.long if split.task.kind == "classification" else torch.float32
+    return (torch.as_tensor(split.x_train), torch.as_tensor(split.y_train, dtype=y_dtype),
+            torch.as_tensor(split.x_val), torch.as_tensor(split.y_val, dtype=y_dtype))
 
 
 def loss_fn(task: pg.Task):
@@ -82,10 +100,17 @@ def grid_probe(task: pg.Task, n: int = 90):
     return probe
 
 
-def _train_one(split: dict, model_name: str, seed: int, epochs: int | None = None, frames: int = 0,
+def scaled_epochs(task: pg.Task, *scales: float) -> int:
+    """The task's original epoch count times ``scales`` (multiplied in that order), at least 1."""
+    return max(1, round(math.prod((task.epochs, *scales))))
+
+
+@runtime.threads(1)  # these 20-200-parameter models run fastest, and share a busy machine best, on one CPU thread
+def train_one(split: pg.Split, model_name: str, seed: int, epochs: int | None = None, frames: int = 0,
               n_embd: int = 8, n_head: int = 4, batch_size: int = 64) -> ToyRun:
-    """Train one model on one split with the original recipe (Adam, the task's lr and epochs, batch 64)."""
-    task = split["task"]
+    """Train one model on one split with the original recipe (Adam, the task's lr and epochs, batch 64), on one CPU
+    thread; ``frames`` > 0 records that many training-GIF snapshots."""
+    task = split.task
     epochs = epochs or task.epochs
     torch.manual_seed(seed)
     model = models.build(model_name, task.n_out, n_embd=n_embd, n_head=n_head)
@@ -95,26 +120,36 @@ def _train_one(split: dict, model_name: str, seed: int, epochs: int | None = Non
     lf = loss_fn(task)
     snaps = None
     if frames:
-        total = epochs * len(loader)
-        snaps = training.Snapshots(grid_probe(task), np.linspace(0, total, frames).round()[1:])
+        snaps = training.Snapshots(grid_probe(task), np.linspace(0, epochs * len(loader), frames).round()[1:])
         snaps.record(0, model)
     hist = training.fit(model, torch.optim.Adam(model.parameters(), lr=task.lr), loader, lf, epochs=epochs,
                         evaluate=lambda m: {"val_loss": float(lf(m(xv), yv))}, eval_every=1,
                         on_step=snaps, progress=False)
-    return ToyRun(split["task"].name, model_name, seed, model, hist, score(model, xv, yv, task),
-                  models.count_params(model), snaps)
+    return ToyRun(label=model_name, dataset=task.name, seed=seed, model=model, history=hist,
+                  metric=score(model, xv, yv, task), params=training.count_params(model), snapshots=snaps)
 
 
-def run_grid(splits: dict, model_names, seeds, epochs_scale: float = 1.0, progress: bool = True, **kw):
-    """Every dataset x model x seed; returns {(dataset, model, seed): ToyRun}."""
-    from ...train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
-
+def run_grid(splits: dict, model_names, seeds, epochs_scale: float = 1.0, progress: bool = True, **kw) -> dict:
+    """Every dataset x model x seed (``train_one``); returns {(dataset, model, seed): ToyRun}."""
     jobs = [(d, m, s) for d in splits for m in model_names for s in seeds]
-    runs = {}
-    for d, m, s in tqdm(jobs, desc="runs", disable=not progress, mininterval=5):
-        epochs = max(1, round(pg.TASKS[d].epochs * epochs_scale))
-        runs[(d, m, s)] = train_one(splits[d], m, s, epochs=epochs, **kw)
-    return runs
+
+    def one(d, m, s):
+        return train_one(splits[d], m, s, scaled_epochs(pg.TASKS[d], epochs_scale), **kw)
+
+    return dict(zip(jobs, training.grid(jobs, one, desc="runs", progress=progress)))
+
+
+def _scale(task: pg.Task) -> float:
+    return 100.0 if task.kind == "classification" else 1.0
+
+
+def _digits(kind: str) -> int:
+    return 1 if kind == "classification" else 4
+
+
+def tolerance(dataset: str) -> float:
+    """Points below the Bayes ceiling that still count as reaching it."""
+    return CEILING_TOL.get(dataset, DEFAULT_TOL)
 
 
 def summarise(runs: dict, ceilings: dict) -> pd.DataFrame:
@@ -125,8 +160,7 @@ def summarise(runs: dict, ceilings: dict) -> pd.DataFrame:
         rs = [r for (dd, mm, _), r in runs.items() if (dd, mm) == (d, m)]
         vals = np.array([r.metric for r in rs])
         task = pg.TASKS[d]
-        clf = task.kind == "classification"
-        scale = 100 if clf else 1
+        clf, scale = task.kind == "classification", _scale(task)
         rows.append({
             "dataset": d, "task": task.kind, "model_key": m, "model": models.LABELS[m], "params": rs[0].params,
             "metric": "val accuracy %" if clf else "val MSE",
@@ -139,22 +173,19 @@ def summarise(runs: dict, ceilings: dict) -> pd.DataFrame:
 
 def param_counts(n_embd: int = 8, n_head: int = 4) -> dict:
     """Parameter counts of every model for regression (1 output) and classification (2 outputs)."""
-    return {f"params_{m}_{kind}": models.count_params(models.build(m, n_out, n_embd=n_embd, n_head=n_head))
+    return {f"params_{m}_{kind}": training.count_params(models.build(m, n_out, n_embd=n_embd, n_head=n_head))
             for kind, n_out in (("reg", 1), ("clf", 2)) for m in models.MODELS} \
         | {"n_embd_used": n_embd, "n_head_used": n_head}
 
 
-def glue_results(res, table: pd.DataFrame) -> None:
-    """Glue every row of the results table for the prose: <dataset>_<model>_pm ('m ± sd'), _sd, and <dataset>_bayes."""
-    for _, row in table.iterrows():
-        key = f"{row.dataset}_{row.model_key}"
-        res.glue(f"{key}_pm", mean_sd(row["mean"], row["sd"], 1 if row.task == "classification" else 4))
-        res.glue(f"{key}_sd", float(row["sd"]) if not np.isnan(row["sd"]) else 0.0)
-        if row.task == "classification":
-            res.glue(f"{key}_reach", reach_word(reach([row["mean"]], row["Bayes"], CEILING_TOL.get(row.dataset,
-                                                                                                  DEFAULT_TOL))))
-    for d, bayes in table.groupby("dataset", sort=False)["Bayes"].first().items():
-        res.glue(f"{d}_bayes", float(bayes))
+def glue(res, table: pd.DataFrame) -> None:
+    """Glue the results table for the prose: <dataset>_<model>_pm ('m ± sd'), _sd, _reach (classification) and
+    <dataset>_bayes."""
+    res.glue_rows(table, "{dataset}_{model_key}_pm", lambda r: mean_sd(r["mean"], r["sd"], _digits(r["task"])))
+    res.glue_rows(table, "{dataset}_{model_key}_sd", lambda r: 0.0 if np.isnan(r["sd"]) else float(r["sd"]))
+    res.glue_rows(table, "{dataset}_{model_key}_reach", lambda r: reach_word(reach(
+        [r["mean"]], r["Bayes"], tolerance(r["dataset"]))) if r["task"] == "classification" else None)
+    res.glue_rows(table.drop_duplicates("dataset"), "{dataset}_bayes", lambda r: float(r["Bayes"]))
 
 
 def compare(runs: dict, dataset: str, a: str, b: str) -> str:
@@ -163,26 +194,26 @@ def compare(runs: dict, dataset: str, a: str, b: str) -> str:
     return seeds_mod.beats(seeds_mod.differ(vals[a], vals[b]), f"the {models.LABELS[a]}")
 
 
+def _bayes_text(table: pd.DataFrame) -> list:
+    return [f"{b:.1f}" if t == "classification" else f"{b:.4f}" for b, t in zip(table.Bayes, table.task)]
+
+
 def styled(table: pd.DataFrame):
     """The results table as the reader sees it: mean ± sd next to the Bayes ceiling/floor."""
-    out = table.assign(**{"result (mean ± sd)": [
-        mean_sd(m, s, 1 if t == "classification" else 4) for m, s, t in zip(table["mean"], table["sd"], table.task)]})
-    out["Bayes ceiling / floor"] = [f"{b:.1f}" if t == "classification" else f"{b:.4f}"
-                                    for b, t in zip(out.Bayes, out.task)]
+    out = table.assign(**{"result (mean ± sd)": [mean_sd(m, s, _digits(t))
+                                                 for m, s, t in zip(table["mean"], table["sd"], table.task)],
+                          "Bayes ceiling / floor": _bayes_text(table)})
     cols = ["dataset", "model", "params", "metric", "result (mean ± sd)", "Bayes ceiling / floor", "seeds", "diverged"]
     return out[cols].style.hide(axis="index")
 
 
-def training_gifs(splits_all: dict, seed: int, frames: int, folder, epochs_scale: float = 1.0,
+def training_gifs(splits: dict, seed: int, frames: int, folder, epochs_scale: float = 1.0,
                   model_names=("heads", "mlp"), **kw) -> dict:
     """Train one run per dataset x model with frame capture; write <folder>/<dataset>_<model>_{final,hidden}.gif."""
-    from pathlib import Path
-
     folder, out = Path(folder), {}
-    for d, split in splits_all.items():
+    for d, split in splits.items():
         for m in model_names:
-            epochs = max(1, round(pg.TASKS[d].epochs * epochs_scale))
-            run = train_one(split, m, seed, epochs=epochs, frames=frames, **kw)
+            run = train_one(split, m, seed, epochs=scaled_epochs(split.task, epochs_scale), frames=frames, **kw)
             out[f"{d}_{m}_final"] = output_gif(run, split, folder / f"{d}_{m}_final.gif")
             out[f"{d}_{m}_hidden"] = hidden_gif(run, folder / f"{d}_{m}_hidden.gif")
     return out
@@ -197,9 +228,8 @@ def mean_sd(mean: float, sd: float, digits: int = 1) -> str:
 def plot_datasets(splits: dict):
     fig, axes = plt.subplots(1, len(splits), figsize=(2.6 * len(splits), 2.9), squeeze=False)
     for ax, (name, s) in zip(axes[0], splits.items()):
-        clf = s["task"].kind == "classification"
-        plots.points(ax, s["x_train"], s["y_train"], classification=clf, size=8)
-        ax.set(title=f"{name} ({s['task'].kind[:5]}.)", xlim=EXTENT[:2], ylim=EXTENT[2:], xticks=[], yticks=[],
+        plots.points(ax, s.x_train, s.y_train, classification=s.task.kind == "classification", size=8)
+        ax.set(title=f"{name} ({s.task.kind[:5]}.)", xlim=EXTENT[:2], ylim=EXTENT[2:], xticks=[], yticks=[],
                aspect="equal")
     fig.tight_layout()
     return fig
@@ -235,10 +265,10 @@ def plot_surfaces(runs: dict, splits: dict, seed: int, n: int = 120):
         clf = task.kind == "classification"
         for r, m in enumerate(model_names):
             run, ax = runs[(d, m, seed)], axes[r, c]
-            with torch.no_grad():
-                z = predict(run.model.eval(), pts, task).numpy()
+            with training.evaluating(run.model), torch.no_grad():
+                z = predict(run.model, pts, task).numpy()
             plots.surface(ax, xx, yy, z, classification=clf, vlim=None if clf else 1.0)
-            plots.points(ax, s["x_val"], s["y_val"], classification=clf, size=4)
+            plots.points(ax, s.x_val, s.y_val, classification=clf, size=4)
             unit = "acc" if clf else "MSE"
             value = f"{100 * run.metric:.1f}%" if clf else f"{run.metric:.3f}"
             ax.set(xlim=EXTENT[:2], ylim=EXTENT[2:])
@@ -249,17 +279,17 @@ def plot_surfaces(runs: dict, splits: dict, seed: int, n: int = 120):
     return fig
 
 
-def output_gif(run: ToyRun, split: dict, path, fps: float = 8):
+def output_gif(run: ToyRun, split: pg.Split, path, fps: float = 8):
     """Training GIF of the output surface as filled contours (21 bands, ``plots.bands``) with the validation points
     on top, titled with the step."""
-    snaps, name = run.snapshots, models.LABELS[run.model_name]
+    snaps, name = run.snapshots, models.LABELS[run.label]
     loss = run.history.df.set_index("step")["val_loss"]
     titles = [f"{run.dataset} · {name}\nstep {s}" + (f" · val loss {loss.get(s - 1, float('nan')):.3f}" if s else "")
               for s in snaps.at]
     clf = run.task.kind == "classification"
     lo = 0.0 if clf else -1.0  # surface_gif's colour range (P(class 1), or the regression target's ±1)
     surfaces = [plots.bands(f["output"], 21, lo, 1.0) for f in snaps.frames]  # filled contours: small GIFs
-    return animate.surface_gif(surfaces, titles, EXTENT, path, split["x_val"], split["y_val"], classification=clf,
+    return animate.surface_gif(surfaces, titles, EXTENT, path, split.x_val, split.y_val, classification=clf,
                                fps=fps)
 
 
@@ -276,14 +306,15 @@ def hidden_gif(run: ToyRun, path, fps: float = 8):
             maps = plots.bands(snaps.frames[i]["hidden"][layer], 15, -lims[layer], lims[layer])  # filled contours
             for u, im in enumerate(ims):
                 im.set_data(maps[u])
-        fig.suptitle(f"{run.dataset} · {models.LABELS[run.model_name]} hidden units · step {snaps.at[i]}",
+        fig.suptitle(f"{run.dataset} · {models.LABELS[run.label]} hidden units · step {snaps.at[i]}",
                      fontsize="medium")
 
     return animate.write_gif(animate.render(fig, update, len(snaps.frames)), path, fps=fps)
 
 
-def attention_figure(run: ToyRun, n: int = 80):
-    """Heads' n_head x n_head attention weights at every point of the plane (Heads runs only)."""
+def plot_attention(run: ToyRun, n: int = 80):
+    """Heads' n_head x n_head attention weights at every point of an n x n grid over the plane (Heads runs only);
+    returns (figure, weights (n * n, n_head, n_head))."""
     xx, yy, pts = pg.grid(GRID_LIM, n)
     with torch.no_grad():
         att = run.model.attention(torch.as_tensor(pts)).numpy()
@@ -303,8 +334,8 @@ def attention_sharpness(att: np.ndarray) -> float:
 # ---------------------------------------------------------------- the original's sizes, and the ceiling study
 
 # The original's Heads size per dataset and its logged final (train, validation) loss — cross-entropy for
-# classification, MSE for regression — from its per-dataset commits and printed logs (SPEC). plane has no logged
-# number; gaussian's is "about 0.14".
+# classification, MSE for regression — from its per-dataset commits and printed logs (docs/originals.md). plane
+# has no logged number; gaussian's is "about 0.14".
 ORIGINAL_SIZE = {"plane": (4, 8), "gaussian": (4, 8), "two_gaussians": (8, 16), "spiral": (8, 16),
                  "circle": (2, 4), "xor": (4, 16)}          # dataset -> (n_head, n_embd)
 ORIGINAL_LOSS = {"gaussian": (None, 0.14), "two_gaussians": (0.236, 0.251), "spiral": (0.046, 0.050),
@@ -312,7 +343,9 @@ ORIGINAL_LOSS = {"gaussian": (None, 0.14), "two_gaussians": (0.236, 0.251), "spi
 
 
 def heads_params(n_embd: int, n_head: int, n_out: int = 2) -> int:
-    return models.count_params(models.Heads(2, n_embd, n_head, n_out))
+    """Heads' parameter count, from a model built on the meta device (no random initial weights are drawn)."""
+    with torch.device("meta"):
+        return training.count_params(models.Heads(2, n_embd, n_head, n_out))
 
 
 class StackedHeads(torch.nn.Module):
@@ -358,13 +391,14 @@ def original_val_loss(model_out, y, task: pg.Task, batch_size: int = 64) -> np.n
     return torch.stack(parts, 1).mean(1).numpy()
 
 
-def _train_heads_stack(split: dict, seeds, n_embd: int, n_head: int, lr: float | None = None,
-                      epochs: int | None = None, batch_size: int = 64, test: dict | None = None) -> dict:
+@runtime.threads(1)  # see train_one
+def train_heads_stack(split: pg.Split, seeds, n_embd: int, n_head: int, lr: float | None = None,
+                      epochs: int | None = None, batch_size: int = 64, test: tuple | None = None) -> dict:
     """Train Heads(n_embd, n_head) once per seed on one split (the original recipe unless lr / epochs are given),
-    all seeds at once. Returns per-seed arrays: ``metric`` (val accuracy or MSE), ``val_loss`` (as the original
-    logged it), ``train_loss`` (same, on the training set) and, with ``test`` = {"x", "y"}, ``test_metric``.
-    Each seed's initialisation and batch order are those of ``train_one(split, "heads", seed, ...)``."""
-    task = split["task"]
+    all seeds at once, on one CPU thread. Returns per-seed arrays: ``metric`` (val accuracy or MSE), ``val_loss``
+    (as the original logged it), ``train_loss`` (same, on the training set) and, with ``test`` = (x, y),
+    ``test_metric``. Each seed's initialisation and batch order are those of ``train_one(split, "heads", seed)``."""
+    task = split.task
     lr, epochs = lr or task.lr, epochs or task.epochs
     members, gens = [], []
     for s in seeds:
@@ -391,8 +425,7 @@ def _train_heads_stack(split: dict, seeds, n_embd: int, n_head: int, lr: float |
             if name == "val":
                 out["metric"] = _stack_metric(o, y, task)
         if test is not None:
-            xs = torch.as_tensor(test["x"])
-            ys = torch.as_tensor(test["y"], dtype=yt.dtype)
+            xs, ys = torch.as_tensor(test[0]), torch.as_tensor(test[1], dtype=yt.dtype)
             out["test_metric"] = _stack_metric(model(xs.expand(S, *xs.shape)), ys, task)
     return out
 
@@ -412,19 +445,9 @@ def _stack_metric(o, y, task: pg.Task) -> np.ndarray:
     return ((o.squeeze(-1) - y) ** 2).mean(1).numpy()
 
 
-TEST_SEED = 1        # the held-out test draw of the ceiling study (the splits use 2024; any other seed is independent)
-CEILING_TOL = {"spiral": 2.0}   # points below the Bayes ceiling that count as reaching it (others: DEFAULT_TOL)
-DEFAULT_TOL = 1.0
-MAX_PARAMS = 200
-
-
 def size_label(n_head: int, n_embd: int) -> str:
     """The original's naming: heads<H>_e<E>."""
     return f"heads{n_head}_e{n_embd}"
-
-
-def _scale(task: pg.Task) -> float:
-    return 100.0 if task.kind == "classification" else 1.0
 
 
 def logged_verdict(values, logged: float | None) -> str:
@@ -462,8 +485,8 @@ def faithful_sizes(splits: dict, seeds, ceilings: dict, epochs_scale: float = 1.
     original logged it) next to the original's logged one, accuracy / MSE next to the Bayes ceiling / floor."""
     rows = []
     for d, split in splits.items():
-        task, (h, e) = split["task"], ORIGINAL_SIZE[d]
-        r = train_heads_stack(split, list(seeds), e, h, epochs=max(1, round(task.epochs * epochs_scale)))
+        task, (h, e) = split.task, ORIGINAL_SIZE[d]
+        r = train_heads_stack(split, list(seeds), e, h, epochs=scaled_epochs(task, epochs_scale))
         logged_train, logged_val = ORIGINAL_LOSS.get(d, (None, None))
         scale, clf = _scale(task), task.kind == "classification"
         metric = scale * r["metric"]
@@ -474,8 +497,8 @@ def faithful_sizes(splits: dict, seeds, ceilings: dict, epochs_scale: float = 1.
             "verdict": logged_verdict(r["val_loss"], logged_val),
             "train loss (ours)": seeds_mod.pm(r["train_loss"], 3), "train loss (original)": logged_train,
             "metric": "val accuracy %" if clf else "val MSE",
-            "result": seeds_mod.pm(metric, 1 if clf else 4), "Bayes": scale * ceilings[d],
-            "reach": reach_word(reach(metric, scale * ceilings[d], CEILING_TOL.get(d, DEFAULT_TOL))) if clf else "",
+            "result": seeds_mod.pm(metric, _digits(task.kind)), "Bayes": scale * ceilings[d],
+            "reach": reach_word(reach(metric, scale * ceilings[d], tolerance(d))) if clf else "",
             "loss_mean": float(np.mean(r["val_loss"])), "metric_mean": float(np.mean(metric)),
             "metric_sd": seeds_mod.summary(metric)["sd"], "seeds": len(r["metric"]),
             "failed": int((~np.isfinite(r["val_loss"])).sum()),
@@ -484,16 +507,14 @@ def faithful_sizes(splits: dict, seeds, ceilings: dict, epochs_scale: float = 1.
 
 
 def glue_faithful(res, table: pd.DataFrame) -> None:
-    """<dataset>_orig_size, _orig_loss_pm, _orig_verdict, _orig_pm, _orig_reach, and the counts the prose needs."""
-    for _, row in table.iterrows():
-        d = row.dataset
-        res.glue(f"{d}_orig_size", row["size"])
-        res.glue(f"{d}_orig_params", int(row.params))
-        res.glue(f"{d}_orig_loss_pm", row["val loss (ours)"])
-        res.glue(f"{d}_orig_verdict", row.verdict)
-        res.glue(f"{d}_orig_pm", row.result)
-        if row.task == "classification":
-            res.glue(f"{d}_orig_reach", row.reach)
+    """<dataset>_orig_size, _orig_params, _orig_loss_pm, _orig_verdict, _orig_pm, _orig_reach (classification), and
+    the counts the prose needs."""
+    res.glue_rows(table, "{dataset}_orig_size", "size")
+    res.glue_rows(table, "{dataset}_orig_params", lambda r: int(r["params"]))
+    res.glue_rows(table, "{dataset}_orig_loss_pm", "val loss (ours)")
+    res.glue_rows(table, "{dataset}_orig_verdict", "verdict")
+    res.glue_rows(table, "{dataset}_orig_pm", "result")
+    res.glue_rows(table, "{dataset}_orig_reach", lambda r: r["reach"] if r["task"] == "classification" else None)
     logged = table[table["val loss (original)"].notna()]
     res.glue("orig_consistent", int(logged.verdict.str.startswith("consistent").sum()))
     res.glue("orig_logged", len(logged))
@@ -506,9 +527,7 @@ def styled_faithful(table: pd.DataFrame):
     cols = ["dataset", "size", "params", "loss", "val loss (ours)", "val loss (original)", "verdict",
             "metric", "result", "Bayes", "reach", "seeds"]
     out = table.assign(**{"val loss (original)": [("—" if v is None or v != v else f"{v:.3f}")
-                                                  for v in table["val loss (original)"]],
-                          "Bayes": [f"{b:.1f}" if t == "classification" else f"{b:.4f}"
-                                    for b, t in zip(table.Bayes, table.task)]})
+                                                  for v in table["val loss (original)"]], "Bayes": _bayes_text(table)})
     return out[cols].style.hide(axis="index")
 
 
@@ -531,28 +550,21 @@ def ceiling_grid(widths, heads, lrs, epoch_mults, max_params: int = MAX_PARAMS) 
             if h <= e and e % h == 0 and heads_params(e, h) <= max_params]
 
 
-def test_split(name: str, n: int, noise: float) -> dict:
-    x, y = pg.generate(name, n, noise, TEST_SEED)
-    return {"x": x, "y": y}
-
-
 def ceiling_study(splits: dict, seeds, configs, epochs_scale: float = 1.0, n_test: int = 5000,
                   progress: bool = True) -> pd.DataFrame:
     """Heads over a grid of configurations x classification datasets x seeds: validation accuracy (the original's
     500 points, used to choose) and accuracy on an independent held-out draw of n_test points (used to judge)."""
-    from ...train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
+    jobs = [(d, c) for d in splits if splits[d].task.kind == "classification" for c in configs]
+    tests = {d: pg.generate(d, n_test, splits[d].task.noise, TEST_SEED) for d in dict.fromkeys(d for d, _ in jobs)}
 
-    rows = []
-    jobs = [(d, c) for d in splits if splits[d]["task"].kind == "classification" for c in configs]
-    tests = {d: test_split(d, n_test, splits[d]["task"].noise) for d, _ in jobs}
-    for d, c in tqdm(jobs, desc="ceiling study", disable=not progress, mininterval=5):
-        task = splits[d]["task"]
-        epochs = max(1, round(task.epochs * c.epochs_mult * epochs_scale))
+    def one(d: str, c: HeadsConfig) -> dict:
+        epochs = scaled_epochs(splits[d].task, c.epochs_mult, epochs_scale)
         r = train_heads_stack(splits[d], list(seeds), c.n_embd, c.n_head, lr=c.lr, epochs=epochs, test=tests[d])
-        rows.append({"dataset": d, "config": c.label, "n_embd": c.n_embd, "n_head": c.n_head, "lr": c.lr,
-                     "epochs": epochs, "params": r["params"], "val": list(100 * r["metric"].astype(float)),
-                     "test": list(100 * r["test_metric"].astype(float))})
-    return pd.DataFrame(rows)
+        return {"dataset": d, "config": c.label, "n_embd": c.n_embd, "n_head": c.n_head, "lr": c.lr,
+                "epochs": epochs, "params": r["params"], "val": list(100 * r["metric"].astype(float)),
+                "test": list(100 * r["test_metric"].astype(float))}
+
+    return pd.DataFrame(training.grid(jobs, one, desc="ceiling study", progress=progress))
 
 
 def ceiling_pivot(study: pd.DataFrame) -> pd.DataFrame:
@@ -568,7 +580,7 @@ def best_configs(study: pd.DataFrame, ceilings: dict, max_params: int = MAX_PARA
     rows = []
     for d, g in study[study.params <= max_params].groupby("dataset", sort=False):
         best = g.loc[g.val.map(np.mean).idxmax()]
-        ceiling, tol = 100 * ceilings[d], CEILING_TOL.get(d, DEFAULT_TOL)
+        ceiling, tol = 100 * ceilings[d], tolerance(d)
         r = reach(best.test, ceiling, tol)
         rows.append({"dataset": d, "best config": best.config, "params": int(best.params),
                      "val accuracy %": seeds_mod.pm(best.val, 1), "test accuracy %": seeds_mod.pm(best.test, 1),
@@ -578,25 +590,12 @@ def best_configs(study: pd.DataFrame, ceilings: dict, max_params: int = MAX_PARA
 
 
 def glue_best(res, best: pd.DataFrame) -> None:
-    for _, row in best.iterrows():
-        res.glue(f"{row.dataset}_best_config", row["best config"])
-        res.glue(f"{row.dataset}_best_test_pm", row["test accuracy %"])
-        res.glue(f"{row.dataset}_best_verdict", row.verdict)
-        res.glue(f"{row.dataset}_best_gap", float(row.gap))
+    """<dataset>_best_config, _best_test_pm, _best_verdict, _best_gap, and the counts the prose needs."""
+    res.glue_rows(best, "{dataset}_best_config", "best config")
+    res.glue_rows(best, "{dataset}_best_test_pm", "test accuracy %")
+    res.glue_rows(best, "{dataset}_best_verdict", "verdict")
+    res.glue_rows(best, "{dataset}_best_gap", lambda r: float(r["gap"]))
     res.glue("ceiling_met", int(best.ok.sum()))
     res.glue("ceiling_total", len(best))
     res.glue("ceiling_max_params", int(best.params.max()) if len(best) else 0)
     res.glue("ceiling_target_word", "meet" if len(best) and best.ok.all() else "do not meet")
-
-
-def train_one(*args, **kw) -> ToyRun:
-    """Train one model on one split with the original recipe (see ``_train_one``), on one CPU thread: these
-    20-200-parameter models run fastest, and share a busy machine best, that way."""
-    with runtime.threads(1):
-        return _train_one(*args, **kw)
-
-
-def train_heads_stack(*args, **kw) -> dict:
-    """``_train_heads_stack`` on one CPU thread (see ``train_one``)."""
-    with runtime.threads(1):
-        return _train_heads_stack(*args, **kw)

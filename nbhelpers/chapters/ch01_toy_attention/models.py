@@ -9,7 +9,6 @@ import math
 
 import torch
 from torch import nn
-from ...train import count_params  # noqa: F401  (re-exported: models.<family>.count_params)
 
 MODELS = ("heads", "mlp", "relu_mlp")
 LABELS = {"heads": "Heads (attention)", "mlp": "tanh MLP", "relu_mlp": "ReLU MLP (param-matched)"}

@@ -7,10 +7,10 @@ n_points / 2 times and the offsets are **randomly permuted over the points**: th
 its own x values, and no point of one series sits at the x of a point of the other. y = f(x) + c_s (+ N(0, σ_n²)
 in the noisy variant). The series **flag** is 1 for the *smaller* offset, so series 1 is always the lower curve.
 
-Examples are stored in the order they were generated (``x``, ``s`` flag int64, ``y``: (N, n_points); ``c``: (N, 2)
-with c[:, 0] the offset of flag 0 and c[:, 1] of flag 1; ``sorted``: (N,)). ``inference_layout`` rearranges them
-the way the original's inference did: sorted by x, all of series 1, then ``context_p`` series-0 points picked at
-random among its lowest ``pool`` points, then the rest of series 0 in x order.
+Examples are stored in the order they were generated (``Pairs``: ``x``, ``s`` flag int64, ``y``: (N, n_points);
+``c``: (N, 2) with c[:, 0] the offset of flag 0 and c[:, 1] of flag 1; ``sorted``: (N,)). ``inference_layout``
+rearranges them the way the original's inference did: sorted by x, all of series 1, then ``context_p`` series-0
+points picked at random among its lowest ``pool`` points, then the rest of series 0 in x order.
 
 Because f and the offsets are Gaussian, any set of points of a pair is jointly Gaussian with covariance
 k(x, x') + 4·[same series] + σ_n²·[same point] — except for the flag convention, which orders the offsets
@@ -23,6 +23,7 @@ example; here every example gets its own draw (the chapter says so).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,6 +33,26 @@ KERNELS = ("rbf", "matern52", "periodic")
 X_LO, X_HI = 5.0, 15.0
 OFFSET_SD = 2.0
 JITTER = 1e-6  # added to the diagonal of noise-free covariances (their dense x grids are numerically singular)
+
+
+@dataclass(frozen=True, eq=False)
+class Pairs:
+    """N pairs of two interleaved series: x, flag s (0/1, int64) and y, each (N, n_points); the offsets c (N, 2)
+    (c[:, 0] of flag 0, c[:, 1] of flag 1); which examples were generated sorted (N,); the kernel and noise σ_n;
+    ``first``: the first predicted index, set by ``inference_layout``."""
+
+    x: np.ndarray
+    s: np.ndarray
+    y: np.ndarray
+    c: np.ndarray
+    sorted: np.ndarray
+    kernel: str
+    noise: float
+    first: int | None = None
+
+    def head(self, n: int) -> "Pairs":
+        """The first ``n`` pairs."""
+        return replace(self, **{k: getattr(self, k)[:n] for k in ("x", "s", "y", "c", "sorted")})
 
 
 def kernel(name: str, a, b, lengthscale: float = 1.0, period: float = 3.0):
@@ -61,12 +82,12 @@ def pair_cov(x, s, kernel_name: str = "rbf", noise: float = 0.0, jitter: float =
 
 
 def make_pairs(n_examples: int, n_points: int = 400, kernel_name: str = "rbf", noise: float = 0.0,
-               sorted_frac: float = 0.5, seed: int = 0, device="cpu") -> dict:
+               sorted_frac: float = 0.5, seed: int = 0, device="cpu") -> Pairs:
     """Draw ``n_examples`` pairs of ``n_points`` distinct points (n_points / 2 per series), in generation order.
 
     sorted_frac: the fraction of examples whose x values are sorted (the original: half); the rest keep a random
     order. device: where the batched float64 Cholesky factorisations run (all random numbers come from one numpy
-    generator, so the pairs do not depend on it beyond rounding). Returns {"x", "s", "y" (N, n_points), "c" (N, 2), "sorted" (N,) bool, "kernel", "noise"}.
+    generator, so the pairs do not depend on it beyond rounding).
     """
     if n_points < 4 or n_points % 2:
         raise ValueError(f"n_points={n_points} must be an even number >= 4 (two series of n_points/2)")
@@ -91,45 +112,45 @@ def make_pairs(n_examples: int, n_points: int = 400, kernel_name: str = "rbf", n
     y = f + np.where(s == 1, c[:, 1:2], c[:, 0:1])
     if noise:
         y = y + rng.normal(0.0, noise, size=y.shape)
-    return {"x": x, "s": s, "y": y, "c": c, "sorted": is_sorted, "kernel": kernel_name, "noise": float(noise)}
+    return Pairs(x, s, y, c, is_sorted, kernel_name, float(noise))
 
 
-def _take(pairs: dict, idx: np.ndarray) -> dict:
-    out = dict(pairs)
-    for k in ("x", "s", "y"):
-        out[k] = np.take_along_axis(pairs[k], idx, axis=1)
-    return out
+def _take(pairs: Pairs, idx: np.ndarray, **changes) -> Pairs:
+    return replace(pairs, **{k: np.take_along_axis(getattr(pairs, k), idx, axis=1) for k in ("x", "s", "y")},
+                   **changes)
 
 
-def sort_by_x(pairs: dict) -> dict:
+def sort_by_x(pairs: Pairs) -> Pairs:
     """A copy with every example's points sorted by x (both series interleaved)."""
-    out = _take(pairs, np.argsort(pairs["x"], axis=1, kind="stable"))
-    out["sorted"] = np.ones(len(out["x"]), bool)
-    return out
+    return _take(pairs, np.argsort(pairs.x, axis=1, kind="stable"), sorted=np.ones(len(pairs.x), bool))
 
 
-def inference_layout(pairs: dict, context_p: int, pool: int, seed: int = 0) -> dict:
+def inference_layout(pairs: Pairs, context_p: int, pool: int, seed: int = 0) -> Pairs:
     """The original's inference layout (``consec=False``): sorted by x, all of series 1, then ``context_p`` points
     of series 0 picked at random among its ``pool`` lowest, then the rest of series 0 in x order.
 
-    The first predicted point is at index n_points / 2 + context_p (``first``). Adds ``first`` to the dict.
+    The first predicted point is at index n_points / 2 + context_p (``first``, set on the result).
     """
-    n = pairs["x"].shape[1] // 2
+    n = pairs.x.shape[1] // 2
     if not 1 <= context_p <= pool <= n:
         raise ValueError(f"context_p={context_p} and pool={pool} must satisfy 1 <= context_p <= pool <= "
                          f"n_points / 2 = {n}")
     srt = sort_by_x(pairs)
     rng = np.random.default_rng(seed)
-    rank0 = np.cumsum(srt["s"] == 0, axis=1) - 1               # rank of a series-0 point among series 0
-    picked = np.zeros(srt["s"].shape, bool)
+    rank0 = np.cumsum(srt.s == 0, axis=1) - 1               # rank of a series-0 point among series 0
+    picked = np.zeros(srt.s.shape, bool)
     for i in range(len(picked)):
         choice = rng.choice(pool, size=context_p, replace=False)
-        picked[i] = (srt["s"][i] == 0) & np.isin(rank0[i], choice)
-    T = srt["x"].shape[1]
-    key = np.where(srt["s"] == 1, 0, np.where(picked, 1, 2)) * T + np.arange(T)  # block, then x order
-    out = _take(srt, np.argsort(key, axis=1))
-    out["first"] = n + context_p
-    return out
+        picked[i] = (srt.s[i] == 0) & np.isin(rank0[i], choice)
+    T = srt.x.shape[1]
+    key = np.where(srt.s == 1, 0, np.where(picked, 1, 2)) * T + np.arange(T)  # block, then x order
+    return _take(srt, np.argsort(key, axis=1), first=n + context_p)
+
+
+def inference_pairs(n: int, n_points: int, context_p: int, pool: int, seed: int, kernel_name: str = "rbf",
+               noise: float = 0.0) -> Pairs:
+    """``n`` pairs drawn (on the CPU) and put in the inference layout, both with ``seed``."""
+    return inference_layout(make_pairs(n, n_points, kernel_name, noise, seed=seed), context_p, pool, seed=seed)
 
 
 def posterior(x, s, y, observed, kernel_name: str = "rbf", noise: float = 0.0, jitter: float = JITTER):

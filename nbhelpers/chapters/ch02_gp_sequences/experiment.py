@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
+from ... import chapter
 from ... import train as training
 from . import data as data
 from . import models as models
@@ -75,7 +77,7 @@ class Config:
     batch: int = 64
     lr: float = 3e-4
     steps: int = 20000
-    evals: int = 10          # validation evaluations (= "epochs" of train.fit) over the run
+    evals: int = 10          # validation evaluations over the run (one pass over Batches = one evaluation interval)
 
     @property
     def first(self) -> int:
@@ -101,9 +103,53 @@ class Config:
                              f"{self.heads} heads")
 
 
-def to_tensor(pairs: dict, device="cpu") -> torch.Tensor:
+def config(p: dict) -> Config:
+    """The notebook's checked parameters as a ``Config``."""
+    return Config(n_points=p["n_points"], context=p["context"], context_p=p["context_p"], pool=p["context_pool"],
+                  embed=p["embed"], train_heads=p["train_heads"], infer_heads=p["infer_heads"], width=p["width"],
+                  layers=p["layers"], self_feed=p["self_feed"], batch=p["batch"], steps=p["steps"])
+
+
+def row_keys(p: dict) -> tuple[list, list]:
+    """The rows the notebook runs (the faithful model, the chosen ablations, the repaired model and its control)
+    and those of them also trained on noisy pairs."""
+    rows = ["faithful", *(ABLATIONS if "all" in p["ablations"] else p["ablations"]), "repaired", "attention_only"]
+    return rows, [k for k in (TRAINED if "all" in p["noisy_rows"] else p["noisy_rows"]) if k in rows]
+
+
+def _validate(p: dict) -> None:
+    config(p).check()  # shapes that cannot work (a width not split by the heads, ...) fail here, before any compute
+    if not {"faithful", "repaired"} <= set(row_keys(p)[1]):
+        raise ValueError(f"parameter noisy_rows={p['noisy_rows']!r} is not allowed: it must include 'faithful' and "
+                         "'repaired'")
+
+
+def start(namespace: dict, **specs) -> chapter.Opening:
+    """The notebook's opening: ``chapter.start`` with this chapter's cross-parameter checks (``Config.check`` and
+    the noisy rows), run before anything is seeded."""
+    return chapter.start(namespace, __name__, validate=_validate, **specs)
+
+
+class Splits(NamedTuple):
+    """What ``load`` draws: training and validation pairs, and test pairs in the inference layout."""
+
+    train: data.Pairs
+    val: data.Pairs
+    test: data.Pairs
+
+
+def load(cfg: Config, n_train: int, n_test: int, seed: int, noise: float = 0.0, device="cpu") -> Splits:
+    """``n_train`` pairs split 80/20 into train and val (seeds ``seed`` and ``seed + 1``; ``device`` only speeds up
+    the draws) and ``n_test`` test pairs in the inference layout (``seed + 2``, drawn on the CPU)."""
+    n_fit = int(0.8 * n_train)
+    return Splits(data.make_pairs(n_fit, cfg.n_points, noise=noise, seed=seed, device=device),
+                  data.make_pairs(n_train - n_fit, cfg.n_points, noise=noise, seed=seed + 1, device=device),
+                  data.inference_pairs(n_test, cfg.n_points, cfg.context_p, cfg.pool, seed + 2, noise=noise))
+
+
+def to_tensor(pairs: data.Pairs, device="cpu") -> torch.Tensor:
     """Packed (N, T, 3) = (x, flag, y) float32 tensor in the pairs' own layout."""
-    return torch.as_tensor(np.stack([pairs["x"], pairs["s"], pairs["y"]], -1), dtype=torch.float32, device=device)
+    return torch.as_tensor(np.stack([pairs.x, pairs.s, pairs.y], -1), dtype=torch.float32, device=device)
 
 
 def _gather(inp: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -143,8 +189,9 @@ def arrange(raw: torch.Tensor, regime: str, cfg: Config, gen: torch.Generator):
     """Order one batch of examples (generation order) for training, as the original's ``batch_regime_2d``.
 
     shuffle: **one** random permutation of the columns for the whole batch, targets after ``context``;
-    full_infer: ``seen_then_rest`` with the seen series drawn once per batch (as the original's code; SPEC says
-    per example); half_half: per batch, a quarter each of full_infer seen 1, seen 0, shuffle, and the raw order;
+    full_infer: ``seen_then_rest`` with the seen series drawn once per batch (as the original's code;
+    docs/originals.md says per example); half_half: per batch, a quarter each of full_infer seen 1, seen 0,
+    shuffle, and the raw order;
     infer: the inference layout (series 1 seen, context_p of series 0 from its lowest ``pool``).
     Returns (inp, first target index per row)."""
     if regime not in REGIMES:
@@ -164,11 +211,12 @@ def arrange(raw: torch.Tensor, regime: str, cfg: Config, gen: torch.Generator):
 
 
 class Batches:
-    """``steps_per_epoch`` random batches per pass, arranged by the regime; targets from each row's first target."""
+    """``steps`` random batches per pass, arranged by the regime; targets from each row's first target. One pass
+    over Batches = one evaluation interval (one ``train.fit`` "epoch")."""
 
-    def __init__(self, pairs: dict, regime: str, cfg: Config, steps_per_epoch: int, seed: int):
+    def __init__(self, pairs: data.Pairs, regime: str, cfg: Config, steps: int, seed: int):
         self.raw = to_tensor(pairs)
-        self.regime, self.cfg, self.steps = regime, cfg, steps_per_epoch
+        self.regime, self.cfg, self.steps = regime, cfg, steps
         self.gen = torch.Generator().manual_seed(seed)
 
     def batch(self, idx):
@@ -188,15 +236,10 @@ def build(row: Row, cfg: Config) -> torch.nn.Module:
     return models.Faithful(embed=cfg.embed, heads=cfg.train_heads, **row.switches)
 
 
-@dataclass
-class Trained:
-    key: str
-    row: Row
-    model: torch.nn.Module
-    history: training.History
-    params: int
-    seed: int = 0
-    frames: dict | None = None  # training-GIF frames (numpy, so they survive a forked worker): see ``train_row``
+@dataclass(kw_only=True)
+class Trained(training.Run):
+    """One trained row (``label``: its key in ``ROWS``); ``snapshots``: its training-GIF rollouts when recorded
+    (``train_one``)."""
 
 
 @dataclass
@@ -213,109 +256,111 @@ class Snap:
         return self.frames > 0 and seed == self.seed and key in self.keys
 
 
-def example_pair(test: dict, gap: float = 3.0, among: int = 50) -> int:
+def example_pair(test: data.Pairs, gap: float = 3.0, among: int = 50) -> int:
     """The test pair the rollout figures show: among the first ``among``, the one whose offset gap c0 - c1 is
     closest to ``gap`` (a clear gap, so a drop towards the seen series is visible)."""
-    return int(np.abs((test["c"][:, 0] - test["c"][:, 1])[:among] - gap).argmin())
+    return int(np.abs((test.c[:, 0] - test.c[:, 1])[:among] - gap).argmin())
 
 
-def snap_spec(test: dict, index: int, frames: int, seed: int, keys=("faithful", "repaired")) -> Snap:
+def snap_spec(test: data.Pairs, index: int, frames: int, seed: int, keys=("faithful", "repaired")) -> Snap:
     return Snap(to_tensor(test)[index:index + 1].numpy(), frames, seed, tuple(keys))
 
 
-def rollout_probe(pair: torch.Tensor, cfg: Config):
-    """A ``train.Snapshots`` probe: the mean rollout and σ of one test pair, as the evaluation sees it. A faithful
-    model is switched to its inference heads for the call (as ``for_row`` does) and back to its training heads
-    after, so training goes on exactly as without the probe."""
+@dataclass
+class RolloutProbe:
+    """A ``train.Snapshots`` probe: the mean rollout and σ of one test pair (``pair``: packed (1, T, 3)), as the
+    evaluation sees it. A faithful model is switched to its inference heads for the call (as ``for_row`` does) and
+    back to its training heads after, so training goes on exactly as without the probe. (A class, not a closure:
+    it comes back from a forked worker with the run's ``snapshots``.)"""
 
-    def probe(model):
+    pair: np.ndarray
+    cfg: Config
+
+    def __call__(self, model):
         faithful = isinstance(model, models.Faithful)
         heads = model.heads if faithful else None
         if faithful:
-            model.heads = cfg.infer_heads
+            model.heads = self.cfg.infer_heads
         try:
-            pred, sd = rollout(model, pair, cfg.first)
+            pred, sd = rollout(model, torch.as_tensor(self.pair), self.cfg.first)
         finally:
             if faithful:
                 model.heads = heads
         return pred[0].astype(np.float32), sd[0].astype(np.float32)
 
-    return probe
 
-
-def train_row(key: str, train_pairs: dict, val_pairs: dict, cfg: Config, seed: int, device="cpu",
+def train_one(label: str, train_pairs: data.Pairs, val_pairs: data.Pairs, cfg: Config, seed: int, device="cpu",
               snap: Snap | None = None) -> Trained:
-    """Train one row's model with Adam (cfg.lr), batch cfg.batch, cfg.steps steps in its regime and loss.
+    """Train row ``label``'s model with Adam (cfg.lr), batch cfg.batch, cfg.steps steps in its regime and loss,
+    evaluated on the validation pairs cfg.evals times (one pass over ``Batches`` = one evaluation interval = one
+    ``train.fit`` epoch).
 
     ``snap``: also record ``snap.frames`` rollouts of ``snap.pair`` evenly over training (``train.Snapshots``: eval
-    mode, no_grad, nothing else changes); they come back as ``Trained.frames`` = {"at": steps (F,), "pred": mean
-    rollouts (F, L), "sd": their σ (F, L)}."""
-    row = ROWS[key]
+    mode, no_grad, nothing else changes), kept as ``Trained.snapshots`` (``at``: the steps; ``frames``: (mean
+    rollout, σ) of each)."""
+    row = ROWS[label]
     torch.manual_seed(seed)
     model = build(row, cfg).to(device)
-    per_epoch = max(1, cfg.steps // cfg.evals)
-    epochs = max(1, cfg.steps // per_epoch)
-    batches = Batches(train_pairs, row.regime, cfg, per_epoch, seed)
-    val = Batches(val_pairs, row.regime, cfg, 1, seed + 1).batch(torch.arange(min(256, len(val_pairs["x"]))))
+    per_interval = max(1, cfg.steps // cfg.evals)
+    intervals = max(1, cfg.steps // per_interval)
+    batches = Batches(train_pairs, row.regime, cfg, per_interval, seed)
+    val = Batches(val_pairs, row.regime, cfg, 1, seed + 1).batch(torch.arange(min(256, len(val_pairs.x))))
     vin, vt = val[0].to(device), val[1].to(device)
-    loss = models.masked_loss(row.loss)
-    nll = models.masked_loss("exact")
+    loss, nll = models.masked_loss(row.loss), models.masked_loss("exact")
     snaps = None
     if snap is not None:
-        snaps = training.Snapshots(rollout_probe(torch.as_tensor(snap.pair), cfg),
-                                   training.even_steps(per_epoch * epochs, snap.frames))
+        snaps = training.Snapshots(RolloutProbe(snap.pair, cfg), training.even_steps(per_interval * intervals,
+                                                                                     snap.frames))
         snaps.start(model)
     hist = training.fit(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), batches, loss,
-                        epochs=epochs, device=device, progress=False, on_step=snaps,
+                        epochs=intervals, device=device, progress=False, on_step=snaps,
                         evaluate=lambda m: {"val_loss": float(loss(m(vin), vt)), "val_nll": float(nll(m(vin), vt))},
-                        desc=key)
-    frames = None if snaps is None else {"at": np.array(snaps.at), "pred": np.stack([f[0] for f in snaps.frames]),
-                                         "sd": np.stack([f[1] for f in snaps.frames])}
-    return Trained(key, row, model.eval(), hist, models.count_params(model), seed, frames)
+                        desc=label)
+    return Trained(label=label, seed=seed, model=model.eval(), history=hist, params=training.count_params(model),
+                   snapshots=snaps)
 
 
 _SHARED: dict = {}  # the data a forked worker inherits (never pickled)
 
 
-def _train_job(job):
-    key, seed, cfg, device, threads, snap = job
-    torch.set_num_threads(threads)
-    return train_row(key, _SHARED["train"], _SHARED["val"], cfg, seed, device, snap)
+def _train_job(label: str, seed: int, snap: Snap | None, cfg: Config) -> Trained:
+    torch.set_num_threads(1)
+    return train_one(label, _SHARED["train"], _SHARED["val"], cfg, seed, "cpu", snap)
 
 
-def train_rows(keys, train_pairs, val_pairs, cfg: Config, seeds, device="cpu", progress: bool = True,
-               workers: int = 1, snap: Snap | None = None) -> dict:
+def run_grid(keys, train_pairs: data.Pairs, val_pairs: data.Pairs, cfg: Config, seeds, device="cpu",
+             progress: bool = True, workers: int = 1, snap: Snap | None = None) -> dict:
     """{seed: {key: Trained}} for every seed and every trained row among ``keys``.
 
     workers > 1 (CPU only): train that many models at once in forked processes of one torch thread each; every
     run is seeded on its own, so the results are the same as with one worker at one thread. ``snap``: the runs
-    it names (``Snap.wants``) also record training-GIF frames (``train_row``).
+    it names (``Snap.wants``) also record training-GIF frames (``train_one``).
     """
-    from ...train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
-
-    todo = [(s, k) for s in seeds for k in keys if ROWS[k].trains]
-    snaps = {(s, k): snap if snap is not None and snap.wants(k, s) else None for s, k in todo}
-    out = {s: {} for s in seeds}
-    bar = tqdm(total=len(todo), desc="models", disable=not progress, mininterval=5)
-    if workers > 1 and str(device) == "cpu" and len(todo) > 1:
+    jobs = [(k, s, snap if snap is not None and snap.wants(k, s) else None) for s in seeds for k in keys
+            if ROWS[k].trains]
+    if workers > 1 and str(device) == "cpu" and len(jobs) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         _SHARED.update(train=train_pairs, val=val_pairs)
         try:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                jobs = [(k, s, cfg, "cpu", 1, snaps[s, k]) for s, k in todo]
-                for (s, k), tr in zip(todo, pool.map(_train_job, jobs)):
-                    out[s][k] = tr
-                    bar.update()
+                futures = [pool.submit(_train_job, *job, cfg) for job in jobs]
+                runs = training.grid(futures, lambda f: f.result(), desc="models", progress=progress)
         finally:
             _SHARED.clear()
     else:
-        for s, k in todo:
-            out[s][k] = train_row(k, train_pairs, val_pairs, cfg, s, device, snaps[s, k])
-            bar.update()
-    bar.close()
+        runs = training.grid(jobs, lambda k, s, sn: train_one(k, train_pairs, val_pairs, cfg, s, device, sn),
+                             desc="models", progress=progress)
+    out = {s: {} for s in seeds}
+    for r in runs:
+        out[r.seed][r.label] = r
     return out
+
+
+def has_row(trained: dict, key: str) -> bool:
+    """Whether one seed's trained models can evaluate row ``key`` (rows that do not train use the faithful one)."""
+    return (key if ROWS[key].trains else "faithful") in trained
 
 
 def for_row(trained: dict, key: str, cfg: Config) -> torch.nn.Module:
@@ -363,19 +408,19 @@ def gauss_loglik(y, mu, sd):
     return -0.5 * ((y - mu) / sd) ** 2 - np.log(sd) - 0.5 * math.log(2 * math.pi)
 
 
-def seen_at(test: dict, x) -> np.ndarray:
+def seen_at(test: data.Pairs, x) -> np.ndarray:
     """Series 1 (seen in full, the first half of the inference layout) interpolated at x (N, m)."""
-    n = test["x"].shape[1] // 2
-    return np.stack([np.interp(xi, test["x"][i, :n], test["y"][i, :n]) for i, xi in enumerate(np.asarray(x))])
+    n = test.x.shape[1] // 2
+    return np.stack([np.interp(xi, test.x[i, :n], test.y[i, :n]) for i, xi in enumerate(np.asarray(x))])
 
 
-def first_step_stats(pred0, test: dict, first: int) -> dict:
+def first_step_stats(pred0, test: data.Pairs, first: int) -> dict:
     """The drop, measured: signed first-step error (prediction − truth), its mean absolute value, the share of
     pairs where it points towards the seen series, and its dependence on the offset gap c0 − c1 (slope, corr)."""
-    y0 = test["y"][:, first]
+    y0 = test.y[:, first]
     err = np.asarray(pred0) - y0
-    towards = np.sign(seen_at(test, test["x"][:, first:first + 1])[:, 0] - y0)
-    gap = test["c"][:, 0] - test["c"][:, 1]
+    towards = np.sign(seen_at(test, test.x[:, first:first + 1])[:, 0] - y0)
+    gap = test.c[:, 0] - test.c[:, 1]
     ok = len(gap) > 2 and err.std() > 0
     return {"first_step": float(err.mean()), "first_abs": float(np.abs(err).mean()),
             "toward": float((np.sign(err) == towards).mean()),
@@ -383,10 +428,10 @@ def first_step_stats(pred0, test: dict, first: int) -> dict:
             "gap_corr": float(np.corrcoef(err, gap)[0, 1]) if ok else 0.0}
 
 
-def evaluate(model, row: Row, test: dict, cfg: Config) -> dict:
+def evaluate(model, row: Row, test: data.Pairs, cfg: Config) -> dict:
     """First-step statistics, rollout RMSE and teacher-forced R² on test pairs in the inference layout."""
     inp, first = to_tensor(test), cfg.first
-    y = test["y"][:, first:]
+    y = test.y[:, first:]
     tf = teacher_forced(model, inp)[:, first:]
     pred = tf[..., 0] if row.teacher_forced else rollout(model, inp, first)[0]
     r2 = 1 - ((y - tf[..., 0]) ** 2).sum() / ((y - y.mean()) ** 2).sum()
@@ -394,32 +439,32 @@ def evaluate(model, row: Row, test: dict, cfg: Config) -> dict:
             "tf_r2": float(r2)}
 
 
-def target_loglik(model, test: dict, cfg: Config) -> float:
+def target_loglik(model, test: data.Pairs, cfg: Config) -> float:
     """Mean over target points of log N(y_t | μ_t, σ_t), teacher-forced (= the chain rule of the joint)."""
     out = teacher_forced(model, to_tensor(test))[:, cfg.first:]
-    return float(gauss_loglik(test["y"][:, cfg.first:], out[..., 0], np.exp(out[..., 1])).mean())
+    return float(gauss_loglik(test.y[:, cfg.first:], out[..., 0], np.exp(out[..., 1])).mean())
 
 
-def baseline(test: dict, cfg: Config) -> dict:
+def baseline(test: data.Pairs, cfg: Config) -> dict:
     """The parameter-free baseline: series 1 interpolated at each target x plus the context's mean offset."""
     n, first = cfg.n_points // 2, cfg.first
-    level = (test["y"][:, n:first] - seen_at(test, test["x"][:, n:first])).mean(1, keepdims=True)
-    mean = seen_at(test, test["x"][:, first:]) + level
-    y = test["y"][:, first:]
+    level = (test.y[:, n:first] - seen_at(test, test.x[:, n:first])).mean(1, keepdims=True)
+    mean = seen_at(test, test.x[:, first:]) + level
+    y = test.y[:, first:]
     return {"mean": mean, **first_step_stats(mean[:, 0], test, first),
             "rollout_rmse": float(np.sqrt(((mean - y) ** 2).mean())), "tf_r2": float("nan"), "loglik": float("nan")}
 
 
-def oracle(test: dict, cfg: Config, noise: float = 0.0, loglik: bool = False) -> dict:
+def oracle(test: data.Pairs, cfg: Config, noise: float = 0.0, loglik: bool = False) -> dict:
     """The exact GP posterior of every test pair's targets given its observed points: mean, sd, and the metrics.
 
     ``loglik`` (noisy pairs): mean per-point log p(y_targets | observed). Also the flag-convention check: the mean
     probability the Gaussian posterior puts on c0 < c1 and the mean bound on what knowing c0 > c1 could add."""
-    first, kern = cfg.first, test["kernel"]
-    T = test["x"].shape[1]
+    first, kern = cfg.first, test.kernel
+    T = test.x.shape[1]
     obs = np.arange(T) < first
     means, sds, lls, viol, bound = [], [], [], [], []
-    for x, s, y in zip(test["x"], test["s"], test["y"]):
+    for x, s, y in zip(test.x, test.s, test.y):
         m, c = data.posterior(x, s, y, obs, kern, noise)
         means.append(m)
         sds.append(np.sqrt(np.clip(np.diag(c), 0, None)))
@@ -429,7 +474,7 @@ def oracle(test: dict, cfg: Config, noise: float = 0.0, loglik: bool = False) ->
         viol.append(p)
         bound.append(b / (T - first))
     mean, sd = np.array(means), np.array(sds)
-    y = test["y"][:, first:]
+    y = test.y[:, first:]
     out = {"mean": mean, "sd": sd, **first_step_stats(mean[:, 0], test, first),
            "rollout_rmse": float(np.sqrt(((mean - y) ** 2).mean())), "tf_r2": float("nan"),
            "order_violation": float(np.mean(viol)), "order_bound_per_point": float(np.mean(bound))}
@@ -439,24 +484,25 @@ def oracle(test: dict, cfg: Config, noise: float = 0.0, loglik: bool = False) ->
 
 # ---------------------------------------------------------------- tables over seeds
 
-def runs_table(clean: dict, noisy: dict, test: dict, noisy_test: dict, cfg: Config, keys=None) -> pd.DataFrame:
+def runs_table(clean: dict, noisy: dict, test: data.Pairs, noisy_test: data.Pairs, cfg: Config,
+               keys=None) -> pd.DataFrame:
     """One line per (seed, row): every metric of ``METRICS`` (loglik from the row's noisy-trained model, NaN where
     it was not trained on noisy pairs)."""
     lines = []
     for seed, trained in clean.items():
         for key in keys or ROWS:
             row = ROWS[key]
-            if (key if row.trains else "faithful") not in trained:
+            if not has_row(trained, key):
                 continue
             m = evaluate(for_row(trained, key, cfg), row, test, cfg)
             src = noisy.get(seed, {})
             m["loglik"] = (target_loglik(for_row(src, key, cfg), noisy_test, cfg)
-                           if (key if row.trains else "faithful") in src else float("nan"))
+                           if has_row(src, key) else float("nan"))
             lines.append({"seed": seed, "key": key, "model": row.label, "cause": row.cause, **m})
     return pd.DataFrame(lines)
 
 
-def summary(runs: pd.DataFrame, refs: dict) -> pd.DataFrame:
+def summarise(runs: pd.DataFrame, refs: dict) -> pd.DataFrame:
     """Mean and sd over seeds per row (columns <metric> and <metric>_sd, n_seeds), then the reference rows
     ``refs`` ({key: (label, metrics dict)}: the oracle and the baseline, sd 0)."""
     g = runs.groupby("key", sort=False)
@@ -542,8 +588,8 @@ def drop_verdict(summ: pd.DataFrame) -> str:
     return "no steady drop towards the seen series"
 
 
-# the original's numbers (SPEC, from its README figure and logs): one plotted rollout whose seen series sat near −2
-# and target near +2 (a gap of about 4) and whose first prediction landed about 1.6 below the truth
+# the original's numbers (docs/originals.md, from its README figure and logs): one plotted rollout whose seen
+# series sat near −2 and target near +2 (a gap of about 4) and whose first prediction landed about 1.6 below the truth
 ORIGINAL = {"first_err": -1.6, "gap": 4.0, "tf_r2": 0.87}
 
 
@@ -552,7 +598,9 @@ def slope_word(slope: float, original: float = ORIGINAL["first_err"] / ORIGINAL[
     if slope >= 0:
         return "no slope towards the seen series at all, unlike"
     ratio = slope / original
-    return "a slope close to" if 0.5 <= ratio <= 2 else ("a steeper slope than" if ratio > 2 else "a shallower slope than")
+    if 0.5 <= ratio <= 2:
+        return "a slope close to"
+    return "a steeper slope than" if ratio > 2 else "a shallower slope than"
 
 
 COLUMNS = {"model": "model", "cause": "cause ablated", "first_step": "first step (signed)",
@@ -570,12 +618,16 @@ def display_table(summ: pd.DataFrame, columns=COLUMNS) -> pd.DataFrame:
     return out
 
 
-def glue_summary(res, summ: pd.DataFrame, prefix: str = "") -> None:
-    """Glue every metric (mean) and its sd of every row as <prefix><key>_<metric>[_sd]; NaN becomes '—'."""
-    for key, r in summ.iterrows():
-        for col in METRICS:
-            for name, v in ((f"{prefix}{key}_{col}", float(r[col])), (f"{prefix}{key}_{col}_sd", float(r[f"{col}_sd"]))):
-                res.glue(name, v if math.isfinite(v) else "—")
+def glue(res, summ: pd.DataFrame, row: str = "{key}") -> None:
+    """Glue every metric (mean) and its sd of every row of a summary as <row>_<metric>[_sd], ``row`` a key pattern
+    over the row's key and columns (the OOD table: ``ood_{kernel}_{key}``); NaN becomes '—'."""
+    rows = [{**r, "key": key, "metric": m} for key, r in summ.iterrows() for m in METRICS]
+    res.glue_rows(rows, row + "_{metric}", lambda r: _finite_or_dash(r[r["metric"]]))
+    res.glue_rows(rows, row + "_{metric}_sd", lambda r: _finite_or_dash(r[r["metric"] + "_sd"]))
+
+
+def _finite_or_dash(v):
+    return float(v) if math.isfinite(v) else "—"
 
 
 def ood_table(clean: dict, tests: dict, noisy: dict, noisy_tests: dict, oracles: dict, baselines: dict,
@@ -584,7 +636,7 @@ def ood_table(clean: dict, tests: dict, noisy: dict, noisy_tests: dict, oracles:
     parts = []
     for kern, test in tests.items():
         runs = runs_table(clean, noisy, test, noisy_tests[kern], cfg, keys)
-        s = summary(runs, {"baseline": ("parameter-free baseline", baselines[kern]),
+        s = summarise(runs, {"baseline": ("parameter-free baseline", baselines[kern]),
                            "oracle": ("GP oracle (knows the kernel)", oracles[kern])})
         s.insert(0, "kernel", kern)
         parts.append(s)
@@ -596,15 +648,16 @@ def ood_table(clean: dict, tests: dict, noisy: dict, noisy_tests: dict, oracles:
 SEEN, CONTEXT, TRUTH, MEAN, SAMPLE, BASE = "black", "tab:red", "0.35", "goldenrod", "lightskyblue", "tab:green"
 
 
-def plot_pairs(pairs: dict, k: int = 4):
+def plot_pairs(pairs: data.Pairs, k: int = 4):
     """k pairs, sorted by x: the two series interleave, each at its own x values."""
     fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 2.8), sharey=True)
     srt = data.sort_by_x(pairs)
     for i, ax in enumerate(axes):
-        for flag, lab, col in ((0, "series 0 (flag 0, larger offset)", "C0"), (1, "series 1 (flag 1, lower curve)", "C3")):
-            sel = srt["s"][i] == flag
-            ax.plot(srt["x"][i, sel], srt["y"][i, sel], ".-", ms=2, lw=0.8, color=col, label=lab)
-        ax.set(title=f"c0 = {pairs['c'][i, 0]:.2f}, c1 = {pairs['c'][i, 1]:.2f}", xlabel="x")
+        for flag, lab, col in ((0, "series 0 (flag 0, larger offset)", "C0"),
+                               (1, "series 1 (flag 1, lower curve)", "C3")):
+            sel = srt.s[i] == flag
+            ax.plot(srt.x[i, sel], srt.y[i, sel], ".-", ms=2, lw=0.8, color=col, label=lab)
+        ax.set(title=f"c0 = {pairs.c[i, 0]:.2f}, c1 = {pairs.c[i, 1]:.2f}", xlabel="x")
     axes[0].set_ylabel("y")
     axes[0].legend(fontsize="x-small")
     fig.tight_layout()
@@ -624,7 +677,7 @@ def plot_histories(trained: dict, column: str = "val_nll"):
 
 def _panel(ax, test, i, cfg, pred=None, samples=None, band=None, base=None, title=""):
     n, first = cfg.n_points // 2, cfg.first
-    x, y = test["x"][i], test["y"][i]
+    x, y = test.x[i], test.y[i]
     ax.plot(x[:n], y[:n], ".", ms=2, color=SEEN, label="series 1 (seen)")
     ax.plot(x[n:first], y[n:first], "o", ms=3, color=CONTEXT, label="series 0 context")
     ax.plot(x[first:], y[first:], "-", lw=1, color=TRUTH, label="series 0 truth")
@@ -641,11 +694,11 @@ def _panel(ax, test, i, cfg, pred=None, samples=None, band=None, base=None, titl
     ax.set_title(title, fontsize="small")
 
 
-def plot_rollouts(trained: dict, test: dict, cfg: Config, oracle_out: dict, base_out: dict, index: int = 0,
+def plot_rollouts(trained: dict, test: data.Pairs, cfg: Config, oracle_out: dict, base_out: dict, index: int = 0,
                   n_samples: int = 5, seed: int = 0, keys=None):
     """One test pair, one panel per row's model (one seed): mean rollout (gold), sample rollouts (light blue), the
     oracle's mean ± 2σ band behind and the baseline dotted; the oracle itself in the last panel."""
-    keys = [k for k in (keys or ROWS) if (k if ROWS[k].trains else "faithful") in trained]
+    keys = [k for k in (keys or ROWS) if has_row(trained, k)]
     inp = to_tensor(test)[index:index + 1]
     fig, axes = plots.panels(len(keys) + 1, 3, size=(4.2, 3.0), sharex=True, sharey=True)
     band = (oracle_out["mean"][index], oracle_out["sd"][index])
@@ -666,26 +719,29 @@ def plot_rollouts(trained: dict, test: dict, cfg: Config, oracle_out: dict, base
     return fig
 
 
-def rollout_gif(trained: dict, test: dict, cfg: Config, oracle_out: dict, index: int, path,
+def rollout_gif(trained: dict, test: data.Pairs, cfg: Config, oracle_out: dict, index: int, path,
                 keys=("faithful", "repaired"), fps: float = 5, dpi: int = 90):
-    """Training GIF of one test pair's mean rollout, one panel per row (the runs that recorded ``Trained.frames``,
-    see ``train_rows(..., snap=...)``), redrawn at every recorded step over the truth, the seen series, the
-    context and the oracle's mean ± 2σ band; each panel is titled with its first-step error (prediction − truth)."""
-    keys = [k for k in keys if k in trained and trained[k].frames is not None]
+    """Training GIF of one test pair's mean rollout, one panel per row (the runs that recorded
+    ``Trained.snapshots``, see ``run_grid(..., snap=...)``), redrawn at every recorded step over the truth, the seen
+    series, the context and the oracle's mean ± 2σ band; each panel is titled with its first-step error
+    (prediction − truth)."""
+    keys = [k for k in keys if k in trained and trained[k].snapshots is not None]
     if not keys:
-        raise ValueError("no row recorded training frames: train them with train_rows(..., snap=snap_spec(...))")
+        raise ValueError("no row recorded training frames: train them with run_grid(..., snap=snap_spec(...))")
+    at = {k: trained[k].snapshots.at for k in keys}
+    preds = {k: [pred for pred, _ in trained[k].snapshots.frames] for k in keys}
     first = cfg.first
     mean, sd = oracle_out["mean"][index], oracle_out["sd"][index]
-    y, y0 = test["y"][index], test["y"][index, first]
+    y, y0 = test.y[index], test.y[index, first]
     lo, hi = min(y.min(), (mean - 2 * sd).min()), max(y.max(), (mean + 2 * sd).max())
     pad = 0.2 * (hi - lo)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.9), dpi=dpi, sharey=True, squeeze=False)
     lines, dots = [], []
-    x0 = test["x"][index, first]
+    x0 = test.x[index, first]
     for ax, k in zip(axes[0], keys):
-        _panel(ax, test, index, cfg, pred=trained[k].frames["pred"][0], band=(mean, sd))
+        _panel(ax, test, index, cfg, pred=preds[k][0], band=(mean, sd))
         lines.append(ax.lines[-1])  # the mean rollout, drawn last
-        dots.append(ax.plot([x0], [trained[k].frames["pred"][0][0]], "o", ms=6, color=MEAN, mec="black", mew=0.8,
+        dots.append(ax.plot([x0], [preds[k][0][0]], "o", ms=6, color=MEAN, mec="black", mew=0.8,
                             label="first step")[0])
         ax.set(ylim=(lo - pad, hi + pad), xlabel="x")
     axes[0, 0].set_ylabel("y")
@@ -693,32 +749,31 @@ def rollout_gif(trained: dict, test: dict, cfg: Config, oracle_out: dict, index:
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize="small", frameon=False)
     sup = fig.suptitle(" ", fontsize="medium")
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    count = max(len(trained[k].frames["at"]) for k in keys)
-    total = max(int(trained[k].frames["at"][-1]) for k in keys)
+    count = max(len(at[k]) for k in keys)
+    total = max(int(at[k][-1]) for k in keys)
 
     def update(i):
         for ax, line, dot, k in zip(axes[0], lines, dots, keys):
-            fr = trained[k].frames
-            j = min(i, len(fr["at"]) - 1)
-            line.set_ydata(fr["pred"][j])
-            dot.set_ydata([fr["pred"][j][0]])
-            ax.set_title(f"{ROWS[k].label}: first-step error {fr['pred'][j][0] - y0:+.2f}", fontsize="small")
-        at = max(int(trained[k].frames["at"][min(i, len(trained[k].frames["at"]) - 1)]) for k in keys)
-        sup.set_text(f"mean rollout of one test pair · training step {at:,} of {total:,}")
+            pred = preds[k][min(i, len(preds[k]) - 1)]
+            line.set_ydata(pred)
+            dot.set_ydata([pred[0]])
+            ax.set_title(f"{ROWS[k].label}: first-step error {pred[0] - y0:+.2f}", fontsize="small")
+        step = max(int(at[k][min(i, len(at[k]) - 1)]) for k in keys)
+        sup.set_text(f"mean rollout of one test pair · training step {step:,} of {total:,}")
 
     return animate.write_gif(animate.render(fig, update, count), path, fps=fps)
 
 
-def plot_drop(trained: dict, test: dict, cfg: Config, oracle_out: dict, base_out: dict,
+def plot_drop(trained: dict, test: data.Pairs, cfg: Config, oracle_out: dict, base_out: dict,
               keys=("faithful", "heads", "repaired")):
     """First-step error of every test pair against the offset gap c0 - c1 (one seed): a model that copied the
     seen series would sit on the dotted line (error = −gap); the oracle and the baseline for reference."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    gap = test["c"][:, 0] - test["c"][:, 1]
-    y0 = test["y"][:, cfg.first]
+    gap = test.c[:, 0] - test.c[:, 1]
+    y0 = test.y[:, cfg.first]
     inp = to_tensor(test)
     for key in keys:
-        if (key if ROWS[key].trains else "faithful") not in trained:
+        if not has_row(trained, key):
             continue
         pred = teacher_forced(for_row(trained, key, cfg), inp)[:, cfg.first, 0]  # the first step is the same either way
         ax.scatter(gap, pred - y0, s=8, alpha=0.6, label=ROWS[key].label)
@@ -738,17 +793,17 @@ def head_majority(weights: np.ndarray, t: int, k: int = 5, top: int = 10) -> np.
     return vals[np.argsort(-counts, kind="stable")[:top]]
 
 
-def plot_attention(trained: dict, test: dict, cfg: Config, index: int = 0, keys=("faithful", "series_qk", "repaired"),
-                   offsets=(0, None)):
+def plot_attention(trained: dict, test: data.Pairs, cfg: Config, index: int = 0,
+                   keys=("faithful", "series_qk", "repaired"), offsets=(0, None)):
     """For chosen predicted points (the first one, and one in the middle of the rollout), the attention weight on
     every earlier point (mean over heads) against that point's x; series 1 black, series 0 red; orange dots: the
     original's head-majority of each head's top 5; the dashed line is the query's x."""
     n, first, T = cfg.n_points // 2, cfg.first, cfg.n_points
     ts = [first + (o if o is not None else (T - first) // 2) for o in offsets]
     inp = to_tensor(test)[index:index + 1]
-    keys = [k for k in keys if (k if ROWS[k].trains else "faithful") in trained]
+    keys = [k for k in keys if has_row(trained, k)]
     fig, axes = plt.subplots(len(ts), len(keys), figsize=(4.2 * len(keys), 2.7 * len(ts)), squeeze=False)
-    x = test["x"][index]
+    x = test.x[index]
     for c, key in enumerate(keys):
         model = for_row(trained, key, cfg)
         faithful = isinstance(model, models.Faithful)
@@ -772,7 +827,7 @@ def plot_attention(trained: dict, test: dict, cfg: Config, index: int = 0, keys=
     return fig
 
 
-def attention_stats(trained: dict, test: dict, cfg: Config, key: str) -> dict:
+def attention_stats(trained: dict, test: data.Pairs, cfg: Config, key: str) -> dict:
     """At the first predicted point (64 test pairs): the attention share on series-0 points, the largest weight
     relative to a uniform 1/t (1 = uniform attention), and for the faithful model the standard deviation of its
     scaled scores over the points it sees (near 0: the softmax is flat whatever the ReLU and the heads do)."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
-from ...train import count_params  # noqa: F401  (re-exported: models.<family>.count_params)
 
 # the original's x discretisation: index = 200 + position of the first grid value >= x on np.arange(1, 15.1, 0.05)
 # (282 values, 1 to 15.05; beyond the grid: its last index); 0 = padding; one embedding table of VOCAB rows
@@ -109,8 +109,7 @@ class Faithful(nn.Module):
         self.a4, self.a5, self.a6 = _dense(l1, l2), _dense(l2, l3), _dense(l3, 2)
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
-        B, T, _ = t.shape
-        return t.view(B, T, self.heads, -1).transpose(1, 2)  # (B, H, T, depth)
+        return rearrange(t, "b t (h d) -> b h t d", h=self.heads)
 
     def scores(self, inp: torch.Tensor) -> torch.Tensor:
         """(B, H, T, T) scaled scores q·k / √depth per head, before the ReLU and the mask."""
@@ -137,10 +136,8 @@ class Faithful(nn.Module):
         return self.head_weights(inp).mean(1)
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        B, T, _ = inp.shape
         x, s, y = inp[..., 0], inp[..., 1].long(), inp[..., 2:3]
-        v = self.v(y)
-        att = (self.head_weights(inp) @ self._split(v)).transpose(1, 2).reshape(B, T, self.embed)
+        att = rearrange(self.head_weights(inp) @ self._split(self.v(y)), "b h t d -> b t (h d)")
         y_prev = F.pad(y, (0, 0, 1, 0))[:, :-1]  # y_{t-1} (0 for the first row)
         out1 = F.leaky_relu(self.norm(self.dense(att) + self.v(y_prev)), LEAK)
         h = F.leaky_relu(self.a1(out1) + self.a2(self.emb(x_index(x))) + self.a3(self.emb(s)), LEAK)
@@ -160,20 +157,19 @@ class Block(nn.Module):
         self.n2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
 
+    def _qkv(self, q_in, kv_in):
+        """q (B, H, T, depth) from the queries, k and v (B, H, S, depth) from the keys/values."""
+        kv = self.kv(self.nkv(kv_in)).split(q_in.shape[-1], -1)
+        return (rearrange(t, "b t (h d) -> b h t d", h=self.heads) for t in (self.q(self.nq(q_in)), *kv))
+
     def weights(self, q_in, kv_in, mask):
-        B, T, W = q_in.shape
-        q = self.q(self.nq(q_in)).view(B, T, self.heads, -1).transpose(1, 2)
-        k = self.kv(self.nkv(kv_in))[..., :W].reshape(B, kv_in.shape[1], self.heads, -1).transpose(1, 2)
+        q, k, _ = self._qkv(q_in, kv_in)
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
         return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # (B, H, T, S)
 
     def forward(self, q_in, kv_in, mask):
-        B, T, W = q_in.shape
-        kv = self.kv(self.nkv(kv_in))
-        q = self.q(self.nq(q_in)).view(B, T, self.heads, -1).transpose(1, 2)
-        k, v = (t.reshape(B, kv_in.shape[1], self.heads, -1).transpose(1, 2) for t in kv.split(W, -1))
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        h = q_in + self.o(a.transpose(1, 2).reshape(B, T, W))
+        a = F.scaled_dot_product_attention(*self._qkv(q_in, kv_in), attn_mask=mask)
+        h = q_in + self.o(rearrange(a, "b h t d -> b t (h d)"))
         return h + self.mlp(self.n2(h))
 
 

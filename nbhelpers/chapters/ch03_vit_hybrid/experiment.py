@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,15 +12,13 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from ... import runtime, seeds
+from ... import chapter, runtime, seeds
 from ... import train as training
 from ...data import images
 from . import models as V
 from ...viz import animate, plots
 
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-SCHEDULES = ("step", "onecycle", "triangle", "none")
 AUGMENTS = ("none", "crop_flip_erase", "flip_translate")
 
 
@@ -50,14 +48,12 @@ class Recipe:
     report: str = "max"            # the run's accuracy: max over epochs (the original's rule) | final (no pick)
 
     def __post_init__(self):
-        for field_name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
-                                           ("schedule", self.schedule, SCHEDULES),
-                                           ("stats", self.stats, ("mnist", "own", "half")),
-                                           ("augment", self.augment, AUGMENTS), ("tta", self.tta, (0, 1, 2)),
-                                           ("report", self.report, ("max", "final"))):
-            if value not in allowed:
-                raise ValueError(f"{field_name}={value!r} is not allowed; choose one of "
-                                 f"{', '.join(map(str, allowed))}")
+        for what, value, allowed in (("optimizer", self.optimizer, training.OPTIMIZERS),
+                                     ("schedule", self.schedule, training.SCHEDULES),
+                                     ("stats", self.stats, ("mnist", "own", "half")),
+                                     ("augment", self.augment, AUGMENTS), ("tta", self.tta, (0, 1, 2)),
+                                     ("report", self.report, ("max", "final"))):
+            training.choose(what, value, allowed)
 
 
 ORIGINAL = Recipe("original")
@@ -66,9 +62,9 @@ ORIGINAL = Recipe("original")
 STRIP = Recipe("second original", lr=5e-5, schedule="none", stats="half", eval_batch=64)
 SQRT_D_DIMS = dict(depth=1, heads=8, dim_head=16, mlp_dim=512, dropout=0.1, emb_dropout=0.1)  # vit-pytorch form
 SHAPES = {"mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100)}
-ORIGINAL_SCALE = {"with": 97.15, "without": 97.14}  # the second original's result, 50 epochs (SPEC)
+ORIGINAL_SCALE = {"with": 97.15, "without": 97.14}  # the second original's result, 50 epochs (docs/originals.md)
 
-# max test accuracy (%) of the original's tables (SPEC, chapter 3), by (transformer size, epochs)
+# max test accuracy (%) of the original's tables (docs/originals.md, chapter 3), by (transformer size, epochs)
 _T = ("mnist", "cifar10", "cifar100")
 _CNN15 = dict(zip(_T, (98.70, 57.39, 22.38)))
 ORIGINAL_TABLES = {
@@ -85,15 +81,21 @@ TARGETS = {"mnist": 99.5, "cifar10": 93.0, "cifar100": 72.0}   # the repaired re
 # The repair's recipe: airbench94's (Keller Jordan, cifar10-airbench, airbench94.py) — Nesterov SGD in decoupled
 # form (lr 11.5 and wd 0.0153 per 1024 examples, momentum 0.85, BatchNorm biases at 64x the lr), batch 1024, a
 # triangular schedule (0.2 -> 1 at 23 % -> 0.07), label smoothing 0.2, flip + 2-px translation, the weight EMA from
-# epoch 3, and mirror + shift test-time augmentation; here with mixed precision where native and random (not alternating)
-# flips. The accuracy is the final epoch's: no epoch is picked on the test set.
+# epoch 3, and mirror + shift test-time augmentation; here with mixed precision where native and random (not
+# alternating) flips. The accuracy is the final epoch's: no epoch is picked on the test set.
 REPAIRED = Recipe("repaired", optimizer="sgd", lr=11.5, weight_decay=0.0153, schedule="triangle", batch_size=1024,
                   stats="own", augment="flip_translate", label_smoothing=0.2, amp=True, channels_last=True, tta=2,
                   eval_batch=500, momentum=0.85, bias_lr_scale=64.0, lookahead=True, report="final")
 
 
-RULES = {"max": "max over epochs", "final": "final epoch"}
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}   # VisionRun.amp -> autocast dtype   # how a run's accuracy is read (VisionRun.acc)
+RULES = {"max": "max over epochs", "final": "final epoch"}   # how a run's accuracy is read (VisionRun.acc)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}   # VisionRun.amp -> autocast dtype
+
+
+def start(namespace: dict, **specs) -> chapter.Opening:
+    """The notebook's opening: ``chapter.start`` (check ``specs``, seed, run header, ``Results``, plot style) under
+    this chapter's name. Its parameters need no cross-parameter checks."""
+    return chapter.start(namespace, __name__, **specs)
 
 
 def original_acc(size: str, epochs: int, dataset: str, model: str) -> float | None:
@@ -110,25 +112,21 @@ def original_tables() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@dataclass
-class VisionRun:
-    label: str
+@dataclass(kw_only=True)
+class VisionRun(training.Run):
+    """One model (``model_name``) trained with one recipe on one dataset; ``label`` is its row of the chapter."""
     dataset: str
-    model_name: str
+    model_name: str                 # the architecture (models.build)
     recipe: Recipe
-    params: int
     tokens: int | None
-    history: training.History
-    curve: pd.DataFrame             # per epoch: epoch, train_loss, test_acc
-    model: torch.nn.Module = field(repr=False, default=None)
-    timing: dict = field(default_factory=dict)
-    seed: int = 0
+    curve: pd.DataFrame             # per epoch: epoch, train_loss, test_acc (+ tta_acc at the last), eval_s, train_s
     n_train: int = 0
     n_test: int = 0
     amp: str = "fp32"               # the precision it trained in: bf16, fp16 or fp32
     group: str = ""                 # which section of the chapter the run belongs to
-    size: str = "small"             # transformer size (models.vision.SIZES; the CNN has one size)
-    snapshots: training.Snapshots | None = field(repr=False, default=None)  # training-GIF frames, if recorded
+    size: str = "small"             # transformer size (models.SIZES; the CNN has one size)
+    ms_unsynced: float = math.nan   # the original's timing: mean ms per 1000 images of unsynchronised test calls
+    ms_per_1000: float = math.nan   # honest inference ms per 1000 images (time_runs)
 
     @property
     def max_acc(self) -> float:
@@ -144,7 +142,7 @@ class VisionRun:
         return float(last["tta_acc"]) if "tta_acc" in self.curve and pd.notna(last["tta_acc"]) else float(last.test_acc)
 
 
-def load_datasets(choice, n_train: int = 0, n_test: int = 0):
+def load(choice, n_train: int = 0, n_test: int = 0):
     """choice 'all': every dataset, and one whose data is absent becomes a 'not run' row; a dataset named
     explicitly must be present (DataUnavailable otherwise). Returns ({name: ImageData}, {name: reason})."""
     names = list(images.DATASETS) if choice == "all" else ([choice] if isinstance(choice, str) else list(choice))
@@ -250,24 +248,12 @@ def sgd_groups(model: torch.nn.Module, recipe: Recipe) -> list[dict]:
     return groups
 
 
-def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def optimizer_for(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the model's trained parameters (SGD: Nesterov, in ``sgd_groups``)."""
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(sgd_groups(model, recipe), momentum=recipe.momentum, nesterov=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    return OPTIMIZERS[recipe.optimizer](params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-
-
-def make_schedule(opt: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
-    """(scheduler, 'step' | 'epoch') for the recipe; (None, 'step') for no schedule."""
-    if recipe.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total_steps,
-                                                   pct_start=recipe.pct_start), "step"
-    if recipe.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7), "epoch"
-    if recipe.schedule == "triangle":   # airbench: 0.2 -> 1 at 23 % of the steps -> 0.07 at the end, linear
-        xp = [0, int(0.23 * total_steps), total_steps]
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: float(np.interp(i, xp, [0.2, 1.0, 0.07]))), "step"
-    return None, "step"
+        return training.optimizer("sgd", sgd_groups(model, recipe), momentum=recipe.momentum, nesterov=True)
+    return training.optimizer(recipe.optimizer, [p for p in model.parameters() if p.requires_grad], lr=recipe.lr,
+                              weight_decay=recipe.weight_decay)
 
 
 class StepHooks:
@@ -332,18 +318,19 @@ class Lookahead:
         self.ema = state["ema"]
 
 
-def train_model(data: images.ImageData, model_name: str, recipe: Recipe, epochs: int, device, seed: int = 0,
-                bug_compatible: bool = True, scaled: bool = True, label: str | None = None,
-                progress: bool = False, on_step=None, checkpoints: str = "", **dims) -> VisionRun:
+def train_one(data: images.ImageData, model_name: str, recipe: Recipe, epochs: int, device, seed: int = 0,
+              bug_compatible: bool = True, scaled: bool = True, label: str | None = None,
+              progress: bool = False, on_step=None, checkpoints: str = "", **dims) -> VisionRun:
     """Train one model with one recipe; test accuracy after every epoch, and with the recipe's test-time
     augmentation after the last one.
 
-    The curve also records each epoch's training seconds (test pass excluded) and the original-style timing: the
-    mean over every 1000-image test batch of every epoch of an unsynchronised ``model(data)`` call. A model with
-    ``init_whitening`` (the repaired family) has its whitening filters set from the first 5,000 training images,
-    and its whitening bias trains for the first 3 epochs only (airbench). ``on_step(step, model)`` is called after
-    every optimiser step (e.g. ``train.Snapshots``). ``checkpoints``: a folder where the run saves itself every
-    epoch and resumes from when started again (``train.checkpoint_file``)."""
+    The curve also records each epoch's training seconds (test pass excluded); ``ms_unsynced`` is the original's
+    timing: the mean over every 1000-image test batch of every epoch of an unsynchronised ``model(data)`` call. A
+    model with ``init_whitening`` (the repaired family) has its whitening filters set from the first 5,000 training
+    images, and its whitening bias trains for the first 3 epochs only (airbench). ``on_step(step, model)`` is
+    called after every optimiser step (a ``train.Snapshots`` is kept as the run's ``snapshots``). ``checkpoints``:
+    a folder where the run saves itself every epoch and resumes from when started again
+    (``train.checkpoint_file``)."""
     torch.manual_seed(seed)
     device = torch.device(device)
     model = V.build(model_name, data.shape, data.num_classes, bug_compatible=bug_compatible, **dims).to(device)
@@ -359,8 +346,9 @@ def train_model(data: images.ImageData, model_name: str, recipe: Recipe, epochs:
     x_test = images.as_nchw(data.x_test, device)
     y_test = torch.as_tensor(data.y_test).to(device)
     total = epochs * len(train)
-    opt = make_optimizer(model, recipe)
-    sched, per = make_schedule(opt, recipe, total)
+    opt = optimizer_for(model, recipe)
+    # max_lr and pct_start are one-cycle's; the other schedules take no arguments
+    sched, per = training.schedule(recipe.schedule, opt, total, max_lr=recipe.lr, pct_start=recipe.pct_start)
     amp = runtime.amp_for(device) if recipe.amp else None
     call_ms: list = []
     timed = TimedCalls(model, call_ms)
@@ -387,28 +375,26 @@ def train_model(data: images.ImageData, model_name: str, recipe: Recipe, epochs:
         epochs=epochs, scheduler=sched, scheduler_per=per, device=device, diverge_factor=50,
         amp_dtype=amp, progress=progress, desc=f"{model_name} {data.name}", evaluate=evaluate, on_step=hooks,
         checkpoint=ckpt)
-    df = hist.df
-    agg = dict(train_loss=("train_loss", "mean"), test_acc=("test_acc", "last"), eval_start=("eval_start", "last"),
-               eval_s=("eval_s", "last"))
-    if "tta_acc" in df:
-        agg["tta_acc"] = ("tta_acc", "last")
-    curve = df.groupby("epoch").agg(**agg).reset_index().assign(epoch=lambda d: d.epoch + 1)
+    tta_col = {"tta_acc": ("tta_acc", "last")} if "tta_acc" in hist.df else {}
+    curve = training.epoch_curve(hist, train_loss=("train_loss", "mean"), test_acc=("test_acc", "last"),
+                                 eval_start=("eval_start", "last"), eval_s=("eval_s", "last"), **tta_col)
     ends = curve.eval_start.to_numpy()
     starts = np.concatenate([[t_start], ends[:-1] + curve.eval_s.to_numpy()[:-1]])
     curve = curve.assign(train_s=ends - starts).drop(columns=["eval_start"])
-    timing = {"ms_unsynced_original": float(np.mean(call_ms))} if call_ms else {}
-    return VisionRun(label or model_name, data.name, model_name, recipe, V.count_params(model),
-                     V.num_tokens(model, data.shape), hist, curve, model, timing=timing, seed=seed,
-                     n_train=len(data.x_train), n_test=len(data.x_test),
-                     amp=next(k for k, v in AMP_DTYPES.items() if v == amp))
+    return VisionRun(label=label or model_name, seed=seed, model=model, history=hist,
+                     params=training.count_params(model), dataset=data.name, model_name=model_name, recipe=recipe,
+                     tokens=V.num_tokens(model, data.shape), curve=curve, n_train=len(data.x_train),
+                     n_test=len(data.x_test), amp=next(k for k, v in AMP_DTYPES.items() if v == amp),
+                     ms_unsynced=float(np.mean(call_ms)) if call_ms else math.nan,
+                     snapshots=on_step if isinstance(on_step, training.Snapshots) else None)
 
 
 def inference_ms(model, x: torch.Tensor, warmup: int = 2, reps: int = 5, amp: torch.dtype | None = None) -> float:
-    """Honest ms per 1000 images: warmed up, synchronised, median of ``reps`` calls on one batch."""
-    model.eval()
+    """Honest ms per 1000 images: warmed up, synchronised, median of ``reps`` calls on one batch (in eval mode)."""
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     times = []
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+    with training.evaluating(model), torch.no_grad(), torch.autocast(x.device.type, dtype=amp,
+                                                                       enabled=amp is not None):
         for i in range(warmup + reps):
             sync()
             t0 = time.perf_counter()
@@ -416,21 +402,21 @@ def inference_ms(model, x: torch.Tensor, warmup: int = 2, reps: int = 5, amp: to
             sync()
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
-    model.train()
     return float(np.median(times)) * 1000 / len(x)
 
 
 def time_runs(runs: list[VisionRun], data_by_name: dict, device, n: int = 1000, reps: int = 5) -> None:
-    """Adds ``ms_per_1000`` (honest) to each run's timing, measured as the run was evaluated (precision, TTA)."""
+    """Sets each run's ``ms_per_1000`` (honest), measured as the run was evaluated (precision, TTA)."""
     for r in runs:
         d = data_by_name[r.dataset]
         x = images.as_nchw(d.x_test[:n], device).float().div(255)
         m = with_tta(r.model, r.recipe, r.dataset)
-        r.timing["ms_per_1000"] = inference_ms(m, x, reps=reps, amp=AMP_DTYPES[r.amp])
+        r.ms_per_1000 = inference_ms(m, x, reps=reps, amp=AMP_DTYPES[r.amp])
 
 
 # what the original's tables printed: its hybrid counts were taken with a 100-class head on every dataset
 PRINTED_HEAD = {("hybrid", "mnist"): 100, ("hybrid", "cifar10"): 100}
+PRINTED = "hybrid, as printed (100-class head)"   # param_table's row of those counts
 
 
 def param_table(size: str = "small") -> pd.DataFrame:
@@ -439,11 +425,18 @@ def param_table(size: str = "small") -> pd.DataFrame:
     dims = V.SIZES[size]
     out = {}
     for d, (shape, k) in SHAPES.items():
-        col = {m: V.count_params(V.build(m, shape, k, **({} if m == "cnn" else dims))) for m in V.MODELS}
-        col["hybrid, as printed (100-class head)"] = V.count_params(
-            V.build("hybrid", shape, PRINTED_HEAD.get(("hybrid", d), k), **dims))
+        col = {m: training.count_params(V.build(m, shape, k, **({} if m == "cnn" else dims))) for m in V.MODELS}
+        col[PRINTED] = training.count_params(V.build("hybrid", shape, PRINTED_HEAD.get(("hybrid", d), k), **dims))
         out[d] = col
     return pd.DataFrame(out)
+
+
+def glue_params(res, counts: pd.DataFrame) -> None:
+    """``params_<model>_<dataset>`` for every count of ``param_table`` (its printed hybrid row:
+    ``params_hybrid_printed_<dataset>``)."""
+    rows = [{"model": "hybrid_printed" if m == PRINTED else m, "dataset": d, "n": int(n)}
+            for (m, d), n in counts.stack().items()]
+    res.glue_rows(rows, "params_{model}_{dataset}", "n")
 
 
 @dataclass(frozen=True)
@@ -459,36 +452,32 @@ class Spec:
     patch: str | None = None          # corrected grid: 'fine' or 'coarse' (None: the model's default)
     label: str = ""
 
-    def dims(self) -> dict:
+    def dims(self, side: int) -> dict:
+        """The model's size keywords on ``side``-pixel images: the transformer's, and a ViT's corrected patch."""
         if self.model in ("cnn", "stripvit") + V.REPAIRED_MODELS:
             return {}
-        return dict(SQRT_D_DIMS) if self.size == "sqrt_d" else dict(V.SIZES[self.size])
+        dims = dict(SQRT_D_DIMS) if self.size == "sqrt_d" else dict(V.SIZES[self.size])
+        if self.patch and self.model in ("vit", "deepvit"):
+            dims["patch_size"] = 4 if self.patch == "fine" else side // 4
+        return dims
 
-    def name(self) -> str:
-        return self.label or self.model
 
-
-def run_specs(datasets: dict, specs, seed_list, device, progress: bool = True,
-              checkpoints: str = "", on_step=None) -> list[VisionRun]:
+def run_grid(datasets: dict, specs, seed_list, device, progress: bool = True,
+             checkpoints: str = "", on_step=None) -> list[VisionRun]:
     """Every spec on every dataset for every seed (data absent from ``datasets`` is skipped). ``on_step``: a
     factory ``(spec, data, seed) -> callback or None`` (e.g. ``attention_snapshots``); a run that gets a callback
-    passes it to ``train_model(on_step=...)`` and keeps it as ``VisionRun.snapshots``."""
-    from ...train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
+    passes it to ``train_one(on_step=...)``."""
+
+    def one(sp: Spec, d: str, seed: int) -> VisionRun:
+        data = datasets[d]
+        r = train_one(data, sp.model, sp.recipe, sp.epochs, device, seed=seed, bug_compatible=sp.bug_compatible,
+                      scaled=sp.scaled, label=sp.label or sp.model, checkpoints=checkpoints,
+                      on_step=on_step(sp, data, seed) if on_step is not None else None, **sp.dims(data.shape[0]))
+        r.group, r.size = sp.group, sp.size
+        return r
 
     jobs = [(sp, d, s) for sp in specs for d in datasets for s in seed_list if sp.epochs > 0]
-    out = []
-    for sp, d, seed in tqdm(jobs, desc="chapter 3 runs", mininterval=10, disable=not progress):
-        data = datasets[d]
-        patch = None
-        if sp.patch and sp.model in ("vit", "deepvit"):
-            patch = 4 if sp.patch == "fine" else data.shape[0] // 4
-        kw = {"patch_size": patch} if patch else {}
-        snaps = on_step(sp, data, seed) if on_step is not None else None
-        r = train_model(data, sp.model, sp.recipe, sp.epochs, device, seed=seed, bug_compatible=sp.bug_compatible,
-                        scaled=sp.scaled, label=sp.name(), checkpoints=checkpoints, on_step=snaps, **kw, **sp.dims())
-        r.group, r.size, r.snapshots = sp.group, sp.size, snaps
-        out.append(r)
-    return out
+    return training.grid(jobs, one, "chapter 3 runs", progress, mininterval=10)
 
 
 def size_label(r: VisionRun) -> str:
@@ -503,15 +492,11 @@ def size_label(r: VisionRun) -> str:
     return f"{d['dim']}·{d['depth']}"
 
 
-def _key(r: VisionRun):
-    return (r.group, r.label, r.size, len(r.curve), r.dataset, r.n_train, r.n_test)
-
-
 def grouped(runs: list[VisionRun]) -> dict:
     """{(group, label, size, epochs, dataset, n_train, n_test): [runs over seeds]} in first-seen order."""
     out: dict = {}
     for r in runs:
-        out.setdefault(_key(r), []).append(r)
+        out.setdefault((r.group, r.label, r.size, len(r.curve), r.dataset, r.n_train, r.n_test), []).append(r)
     return out
 
 
@@ -521,7 +506,7 @@ def comparable(r: VisionRun) -> bool:
             and original_acc(r.size, len(r.curve), r.dataset, r.model_name) is not None)
 
 
-def results_table(runs: list[VisionRun], missing: dict | None = None) -> pd.DataFrame:
+def summarise(runs: list[VisionRun], missing: dict | None = None) -> pd.DataFrame:
     """One row per (section, model, size, epochs, dataset): test accuracy mean ± sd over seeds (``rule``: max over
     epochs as the original, or the final epoch's for the repaired recipe), and — only when
     the run is the original's own size, data and epochs — the original's number with a computed verdict."""
@@ -538,9 +523,8 @@ def results_table(runs: list[VisionRun], missing: dict | None = None) -> pd.Data
             "train imgs": n_train, "seeds": len(rs), "test acc %": seeds.pm(accs), "rule": RULES[rs[0].recipe.report],
             "original %": orig if orig is not None else np.nan,
             "vs original": seeds.within_word(w) if w else "— (not the original's size/data/epochs)",
-            "ms / 1000 img": float(np.mean([r.timing.get("ms_per_1000", np.nan) for r in rs])),
-            "ms unsynced (original style)": float(np.mean([r.timing.get("ms_unsynced_original", np.nan)
-                                                           for r in rs])),
+            "ms / 1000 img": float(np.mean([r.ms_per_1000 for r in rs])),
+            "ms unsynced (original style)": float(np.mean([r.ms_unsynced for r in rs])),
             "status": "ok" if all(r.history.ok for r in rs) else "; ".join(r.history.reason for r in rs
                                                                            if not r.history.ok)})
     for dataset, reason in (missing or {}).items():
@@ -549,7 +533,7 @@ def results_table(runs: list[VisionRun], missing: dict | None = None) -> pd.Data
 
 
 def accs(runs: list[VisionRun], **match) -> list[float]:
-    """Max test accuracies (%) of the runs whose attributes equal ``match`` (e.g. group=, dataset=, label=)."""
+    """Accuracies (%, ``VisionRun.acc``) of the runs whose attributes equal ``match`` (e.g. group=, label=)."""
     return [100 * r.acc for r in runs if all(getattr(r, k) == v for k, v in match.items())]
 
 
@@ -568,22 +552,14 @@ def like_for_like_verdict(runs: list[VisionRun]) -> str:
 
 def best_model(runs: list[VisionRun], group: str, dataset: str) -> str:
     """The model with the highest mean accuracy (``VisionRun.acc``) in one section on one dataset."""
-    means = {}
-    for r in runs:
-        if r.group == group and r.dataset == dataset:
-            means.setdefault(r.label, []).append(100 * r.acc)
-    if not means:
-        return "—"
-    return max(means, key=lambda k: np.mean(means[k]))
-
-
-CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
+    labels = dict.fromkeys(r.label for r in runs if r.group == group and r.dataset == dataset)
+    return max(labels, key=lambda k: np.mean(accs(runs, group=group, dataset=dataset, label=k)), default="—")
 
 
 def stayed_at_chance(r: VisionRun, margin: float = 0.05) -> bool:
     """A run that did not train: its accuracy within ``margin`` of guessing (1 / classes). Comparing with it would
     credit the other model with a failed optimisation, not with what the other model has."""
-    return r.acc < 1 / CLASSES.get(r.dataset, 10) + margin
+    return r.acc < 1 / SHAPES[r.dataset][1] + margin
 
 
 def per_dataset(runs: list[VisionRun], group: str, a: str, b: str, word) -> str:
@@ -649,20 +625,23 @@ def recipe_sentence(runs: list[VisionRun]) -> str:
     return "; ".join(parts) if parts else "was not run at this profile"
 
 
-def glue_headlines(res, runs: list[VisionRun]) -> None:
-    """Front-page keys per dataset: faithful_vit_<d> (table-1 ViT, mean ± sd), repaired_<d> (mean ± sd) and
-    anchor_vit_<d>: the original's table-1 number only where this run is its own size, data and epochs."""
-    for d in FULL_SIZE:
-        t1 = [r for r in runs if r.group == "table 1" and r.model_name == "vit" and r.dataset == d]
-        res.glue(f"faithful_vit_{d}", seeds.pm([100 * r.acc for r in t1]))       # '—' when not trained
-        res.glue(f"anchor_vit_{d}", f"{original_acc('small', len(t1[0].curve), d, 'vit'):.2f}"
-                 if t1 and comparable(t1[0]) else "not comparable at this profile" if t1 else "—")
-        res.glue(f"repaired_{d}", seeds.pm(accs(runs, group="repaired", model_name="convformer", dataset=d)))
+def glue(res, runs: list[VisionRun]) -> None:
+    """Front-page keys per dataset: faithful_vit_<d> (table-1 ViT, mean ± sd; '—' when not trained), repaired_<d>
+    (mean ± sd) and anchor_vit_<d>: the original's table-1 number only where this run is its own size, data and
+    epochs."""
+    rows = [{"dataset": d, "t1": [r for r in runs if r.group == "table 1" and r.model_name == "vit" and r.dataset == d]}
+            for d in FULL_SIZE]
+    res.glue_rows(rows, "faithful_vit_{dataset}", lambda row: seeds.pm([100 * r.acc for r in row["t1"]]))
+    res.glue_rows(rows, "anchor_vit_{dataset}", lambda row: (
+        f"{original_acc('small', len(row['t1'][0].curve), row['dataset'], 'vit'):.2f}" if comparable(row["t1"][0])
+        else "not comparable at this profile") if row["t1"] else "—")
+    res.glue_rows(rows, "repaired_{dataset}", lambda row: seeds.pm(
+        accs(runs, group="repaired", model_name="convformer", dataset=row["dataset"])))
 
 
 def param_count(model: str, dataset: str = "cifar10") -> int:
     shape, k = SHAPES[dataset]
-    return V.count_params(V.build(model, shape, k, bug_compatible=False))
+    return training.count_params(V.build(model, shape, k, bug_compatible=False))
 
 
 def target_sentence(runs: list[VisionRun], label: str) -> str:
@@ -672,8 +651,8 @@ def target_sentence(runs: list[VisionRun], label: str) -> str:
         values = accs(runs, label=label, dataset=d)
         t, epochs = TARGETS[d], next(len(r.curve) for r in runs if r.label == label and r.dataset == d)
         word = "reaches" if seeds.summary(values)["mean"] >= t else "stays below"
-        parts.append(f"{seeds.pm(values)} % on {images.TITLES.get(d, d)} after {epochs} epoch{'s' * (epochs > 1)} ({word} the "
-                     f"full-profile target of {t:g} %)")
+        parts.append(f"{seeds.pm(values)} % on {images.TITLES.get(d, d)} after {epochs} epoch{'s' * (epochs > 1)} "
+                     f"({word} the full-profile target of {t:g} %)")
     return "; ".join(parts) if parts else "was not run at this profile"
 
 
@@ -698,11 +677,11 @@ def plot_curves(runs: list[VisionRun], title: str = ""):
 
 def cls_attention(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """CLS-token attention of the last layer, averaged over heads, on the patch grid: (B, g, g).
-    Uses vit-pytorch's Recorder (ViT models only)."""
+    Uses vit-pytorch's Recorder (ViT models only), in eval mode."""
     from vit_pytorch.recorder import Recorder
 
-    rec = Recorder(model.eval())
-    with torch.no_grad():
+    rec = Recorder(model)
+    with training.evaluating(model), torch.no_grad():
         _, attns = rec(x)
     rec.eject()
     cls = attns[:, -1].mean(1)[:, 0, 1:]  # last layer, mean over heads, CLS row, patch keys
@@ -735,9 +714,19 @@ def plot_attention(data: images.ImageData, models_by_label: dict, stats, n: int 
     return fig
 
 
+@dataclass(frozen=True)
+class Frame:
+    """One ``cls_probe`` snapshot: CLS attention on the probe's images (float16, images × grid × grid) and the
+    accuracy on its first ``n_acc`` test images."""
+    att: np.ndarray
+    acc: float
+    n_acc: int
+
+
 def cls_probe(data: images.ImageData, recipe: Recipe, n: int = 6, n_acc: int = 256):
-    """A ``train.Snapshots`` probe for a ViT: its CLS attention (``cls_attention``) on the first ``n`` test images
-    (float16) and its accuracy on the first ``n_acc`` test images, normalised as the recipe trains."""
+    """A ``train.Snapshots`` probe for a ViT, giving a ``Frame``: its CLS attention (``cls_attention``) on the
+    first ``n`` test images (float16) and its accuracy on the first ``n_acc`` test images, normalised as the recipe
+    trains."""
     mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats_for(recipe, data))
     x = (images.as_nchw(data.x_test[:n]).float().div(255) - mean) / std
     xa, ya = images.as_nchw(data.x_test[:n_acc]), torch.as_tensor(data.y_test[:n_acc], dtype=torch.long)
@@ -747,13 +736,13 @@ def cls_probe(data: images.ImageData, recipe: Recipe, n: int = 6, n_acc: int = 2
         m, s = mean.to(dev), std.to(dev)
         att = cls_attention(model, x.to(dev)).cpu().numpy().astype(np.float16)
         acc = training.classifier_metrics(model, xa.to(dev), ya.to(dev), lambda xb: (xb.float().div(255) - m) / s)
-        return {"att": att, "acc": acc["acc"], "n_acc": len(ya)}
+        return Frame(att, acc["acc"], len(ya))
 
     return probe
 
 
 def attention_snapshots(dataset: str, seed: int, frames: int, model: str = "vit", n: int = 6, n_acc: int = 256):
-    """A ``run_specs`` ``on_step`` factory: every run of ``model`` on ``dataset`` with ``seed`` records ``frames``
+    """A ``run_grid`` ``on_step`` factory: every run of ``model`` on ``dataset`` with ``seed`` records ``frames``
     snapshots (``cls_probe``) evenly spaced over its optimiser steps, step 0 included; other runs record nothing.
     Recording runs in eval mode under no_grad and changes nothing of the training."""
 
@@ -783,7 +772,7 @@ def attention_gif(runs: list[VisionRun], data: images.ImageData, path, fps: floa
         return placeholder_gif(path, "No CLS-attention frames at this profile: the ViT's patching runs were not "
                                      "trained (corrected_models without vit, or corrected_epochs 0).")
     frames = [r.snapshots.frames for r in runs]
-    n = frames[0][0]["att"].shape[0]
+    n = frames[0][0].att.shape[0]
     pics = data.x_test[:n]
     H, W = pics.shape[1:3]
     rows = 1 + len(runs)
@@ -794,11 +783,11 @@ def attention_gif(runs: list[VisionRun], data: images.ImageData, path, fps: floa
     axes[0, 0].set_ylabel("test image", fontsize="small")
     overlays, gray = [], pics.mean(-1)
     for i, fr in enumerate(frames, start=1):
-        vmax = max(float(f["att"].max()) for f in fr)
+        vmax = max(float(f.att.max()) for f in fr)
         row = []
         for j in range(n):
             axes[i, j].imshow(gray[j], cmap="gray", interpolation="nearest")
-            row.append(axes[i, j].imshow(fr[0]["att"][j].astype(np.float32), cmap="magma", alpha=0.6, vmin=0,
+            row.append(axes[i, j].imshow(fr[0].att[j].astype(np.float32), cmap="magma", alpha=0.6, vmin=0,
                                          vmax=vmax, interpolation="nearest", extent=(-0.5, W - 0.5, H - 0.5, -0.5)))
         overlays.append(row)
     for ax in axes.flat:
@@ -814,13 +803,13 @@ def attention_gif(runs: list[VisionRun], data: images.ImageData, path, fps: floa
         for i, (r, fr, row) in enumerate(zip(runs, frames, overlays), start=1):
             f = fr[min(k, len(fr) - 1)]
             for j, im in enumerate(row):
-                im.set_data(f["att"][j].astype(np.float32))
-            g = f["att"].shape[-1]
-            axes[i, 0].set_ylabel(f"{r.label.split(' · ')[-1]}\n{g}×{g} tokens\naccuracy {100 * f['acc']:.0f} %",
+                im.set_data(f.att[j].astype(np.float32))
+            g = f.att.shape[-1]
+            axes[i, 0].set_ylabel(f"{r.label.split(' · ')[-1]}\n{g}×{g} tokens\naccuracy {100 * f.acc:.0f} %",
                                   fontsize="small")
         step = max(a[min(k, len(a) - 1)] for a in at)
         sup.set_text(f"CLS attention of the last layer · step {step:,} of {total:,} (epoch {step / per_epoch:.1f})\n"
-                     f"accuracy on the first {frames[0][0]['n_acc']} test images")
+                     f"accuracy on the first {frames[0][0].n_acc} test images")
 
     update(count - 1)          # the longest labels, so the layout leaves room for them
     fig.tight_layout(rect=(0, 0, 1, 0.94))

@@ -14,7 +14,6 @@ from torch.nn import functional as F
 from vit_pytorch import ViT
 from vit_pytorch.deepvit import DeepViT
 from vit_pytorch.vit import Transformer
-from ...train import count_params  # noqa: F401  (re-exported: models.<family>.count_params)
 
 MODELS = ("cnn", "vit", "deepvit", "hybrid")
 VIT_DIMS = dict(dim=128, depth=6, heads=4, mlp_dim=256, dropout=0.1, emb_dropout=0.1)
@@ -219,14 +218,16 @@ class ConvTransformer(nn.Module):
         self.whiten.weight.copy_(w.contiguous(memory_format=torch.channels_last)
                                  if self.whiten.weight.is_contiguous(memory_format=torch.channels_last) else w)
 
+    def grid(self, x):
+        """The 7×7 feature map the attention sees (B, 192, 7, 7)."""
+        return self.block2(self.block1(F.gelu(self.whiten(x))))
+
     def tokens(self, x):
-        """The 7×7 feature map the attention sees, as tokens (B, 49, 192)."""
-        x = self.block2(self.block1(F.gelu(self.whiten(x))))
-        return rearrange(x, "b c h w -> b (h w) c")
+        """That map as tokens (B, 49, 192)."""
+        return rearrange(self.grid(x), "b c h w -> b (h w) c")
 
     def forward(self, x):
-        x = self.block2(self.block1(F.gelu(self.whiten(x))))
-        x = self.block3(self.attention(x))
+        x = self.block3(self.attention(self.grid(x)))
         x = F.adaptive_max_pool2d(x, 1).flatten(1)
         return self.head(x) * self.scale
 

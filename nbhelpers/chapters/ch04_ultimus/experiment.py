@@ -3,7 +3,7 @@ ablations, a fixed-spec and a repaired model, their tables and figures. Data sta
 (``images.DeviceBatches``), training goes through ``train.fit`` (divergence guard included)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,8 +11,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from ... import lr_range, seeds as S
-from ... import train as training
+from ... import chapter, lr_range, seeds as S, train
 from ...data import images
 from . import models as U
 from ...viz import animate, plots
@@ -31,7 +30,16 @@ ORIGINAL = {"acc_epoch1": 18.29, "acc_epoch2": 18.51, "acc_epoch3": 18.72, "fina
             "diverged_epoch": 4, "diverged_loss": 53_460, "best_public": 62.25}
 
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+def start(namespace: dict, **specs) -> chapter.Opening:
+    """The notebook's opening (``chapter.start``): its parameters checked, the range tests' spans validated, the
+    CPU threads set, everything seeded, the run header printed, ``Results`` started."""
+    return chapter.start(namespace, __name__, validate=_validate, **specs)
+
+
+def _validate(p: dict) -> None:
+    if not p["range_start"] < p["range_end"] or not p["range_start"] < p["proper_range_end"]:
+        raise ValueError(f"the range tests need range_start < range_end and < proper_range_end, got "
+                         f"{p['range_start']}, {p['range_end']}, {p['proper_range_end']}")
 
 
 @dataclass(frozen=True)
@@ -51,18 +59,16 @@ class Recipe:
     augment: images.Augment = AUGMENT
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:  # a typo must not silently train with Adam
-            raise ValueError(f"optimizer={self.optimizer!r} is not allowed; choose one of {', '.join(OPTIMIZERS)}")
+        train.choose("optimizer", self.optimizer, ("adam", "adamw"))  # a typo must not silently train with Adam
 
     def optimizer_for(self, params, fused: bool = False) -> torch.optim.Optimizer:
-        cls = OPTIMIZERS[self.optimizer]
-        return cls(params, lr=self.max_lr / self.div_factor, weight_decay=self.weight_decay,
-                   **({"fused": True} if fused else {}))
+        return train.optimizer(self.optimizer, params, lr=self.max_lr / self.div_factor,
+                               weight_decay=self.weight_decay, **({"fused": True} if fused else {}))
 
-    def scheduler_for(self, opt, total_steps: int):
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.max_lr, total_steps=total_steps, pct_start=self.pct_start, anneal_strategy="linear",
-            div_factor=self.div_factor, final_div_factor=self.final_div_factor)
+    def scheduler_for(self, opt, total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+        return train.schedule("onecycle", opt, total_steps, max_lr=self.max_lr, pct_start=self.pct_start,
+                              anneal_strategy="linear", div_factor=self.div_factor,
+                              final_div_factor=self.final_div_factor)[0]
 
 
 def original(max_lr: float = ORIGINAL_MAX_LR, batch_size: int = 512) -> Recipe:
@@ -89,6 +95,7 @@ def schedule(recipe: Recipe, total_steps: int) -> pd.DataFrame:
 
 
 def load(n_train: int = 0, n_test: int = 0) -> images.ImageData:
+    """CIFAR-10, its first ``n_train`` training and ``n_test`` test images (0: all)."""
     return images.load("cifar10").subset(n_train or None, n_test or None)
 
 
@@ -97,12 +104,6 @@ def train_batches(data: images.ImageData, batch_size: int, device, seed: int = 0
     """Normalised, augmented (``augment``; None: none) training batches, resident on the device."""
     return images.DeviceBatches(data.x_train, data.y_train, batch_size, device, STATS, augment, seed=seed,
                                 drop_last=drop_last)
-
-
-def test_tensors(data: images.ImageData, device):
-    """Test images as a uint8 N×C×H×W tensor and labels, on the device."""
-    return (images.as_nchw(data.x_test, device),
-            torch.as_tensor(data.y_test).to(device))
 
 
 class Tally:
@@ -140,23 +141,20 @@ def range_test(data: images.ImageData, recipe: Recipe, device, split: str = "tes
         source = images.DeviceBatches(data.x_test, data.y_test, recipe.batch_size, device, STATS, seed=seed)
     else:
         source = train_batches(data, recipe.batch_size, device, seed, recipe.augment)
-    return lr_range.range_test(model, lambda p: recipe.optimizer_for(p), source, torch.nn.functional.cross_entropy,
-                               start_lr=start_lr, end_lr=end_lr, steps=steps, device=device)
+    return lr_range.range_test(model, recipe.optimizer_for, source, F.cross_entropy, start_lr=start_lr, end_lr=end_lr,
+                               steps=steps, device=device)
 
 
 # ---------------------------------------------------------------- training
 
-@dataclass
-class UltimusRun:
-    label: str
+@dataclass(kw_only=True)
+class UltimusRun(train.Run):
+    """One training run (``train.Run``: label, seed, model, history, params, snapshots — the training-GIF frames,
+    if recorded) of a model variant with a recipe."""
+
     variant: str
     recipe: Recipe
-    params: int
-    history: training.History
     curve: pd.DataFrame             # per epoch: epoch, train_loss, train_acc, test_loss, test_acc
-    model: torch.nn.Module = field(repr=False, default=None)
-    seed: int = 0
-    snapshots: training.Snapshots | None = field(repr=False, default=None)  # training-GIF frames, if recorded
 
     @property
     def diverged_epoch(self) -> int | None:
@@ -184,7 +182,7 @@ def compiles(device, fast) -> bool:
 
 
 def steps_per_epoch(n_train: int, batch_size: int, device, fast="auto") -> int:
-    """Optimiser steps per epoch of ``train`` (the last smaller batch is dropped when the model is compiled)."""
+    """Optimiser steps per epoch of ``train_one`` (the last smaller batch is dropped when the model is compiled)."""
     return n_train // batch_size if compiles(device, fast) else -(-n_train // batch_size)
 
 
@@ -198,9 +196,9 @@ def fast_model(model: torch.nn.Module, device: torch.device, fast) -> torch.nn.M
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
 
 
-def train(data: images.ImageData, variant: str, recipe: Recipe, epochs: int, device, seed: int = 0,
-          label: str | None = None, diverge_factor: float | None = 20.0, fast="auto", evaluate: bool = True,
-          on_diverge: str = "stop", checkpoints: str = "", on_step=None, **model_kw) -> UltimusRun:
+def train_one(data: images.ImageData, variant: str, recipe: Recipe, epochs: int, device, seed: int = 0,
+              label: str | None = None, diverge_factor: float | None = 20.0, fast="auto", on_diverge: str = "stop",
+              checkpoints: str = "", on_step=None, **model_kw) -> UltimusRun:
     """Train one variant with one recipe; test loss/accuracy and training accuracy after every epoch. The guard
     stops the run when the training loss exceeds ``diverge_factor`` × the first loss (``on_diverge="report"``:
     records it and trains on, as the original did), and always on a NaN/inf loss. ``checkpoints``: a folder
@@ -217,27 +215,26 @@ def train(data: images.ImageData, variant: str, recipe: Recipe, epochs: int, dev
     opt = recipe.optimizer_for(model.parameters(), fused=compiled and device.type == "cuda")
     sched = recipe.scheduler_for(opt, epochs * len(batches))
     tally = Tally(recipe.label_smoothing)
-    x_test, y_test = test_tensors(data, device)
+    x_test, y_test = images.as_nchw(data.x_test, device), torch.as_tensor(data.y_test).to(device)  # uint8 NCHW
 
     def metrics(_):
-        m = training.classifier_metrics(model, x_test, y_test, lambda x: batches.normalise(x.float().div(255)))
+        m = train.classifier_metrics(model, x_test, y_test, lambda x: batches.normalise(x.float().div(255)))
         return {"train_acc": tally.take(), "test_loss": m["loss"], "test_acc": m["acc"]}
 
-    ckpt = training.checkpoint_file(checkpoints, label or variant, variant=variant, recipe=recipe, epochs=epochs,
-                                    seed=seed, n=(len(data.x_train), len(data.x_test)), fast=fast,
-                                    guard=(diverge_factor, on_diverge), model=sorted(model_kw.items()))
-    snaps = on_step if isinstance(on_step, training.Snapshots) else None
+    label = label or variant
+    ckpt = train.checkpoint_file(checkpoints, label, variant=variant, recipe=recipe, epochs=epochs, seed=seed,
+                                 n=(len(data.x_train), len(data.x_test)), fast=fast,
+                                 guard=(diverge_factor, on_diverge), model=sorted(model_kw.items()))
+    snaps = on_step if isinstance(on_step, train.Snapshots) else None
     if snaps is not None:
         snaps.start(model)   # step 0: the untrained model
-    hist = training.fit(stepper, opt, batches, tally, epochs=epochs, scheduler=sched, scheduler_per="step",
-                        device=device, diverge_factor=diverge_factor, on_diverge=on_diverge, progress=False,
-                        evaluate=metrics if evaluate else None, desc=label or variant, checkpoint=ckpt,
-                        on_step=on_step)
-    df = hist.df.reindex(columns=["epoch", "train_loss", "train_acc", "test_loss", "test_acc"])
-    curve = (df.groupby("epoch").agg(train_loss=("train_loss", "mean"), train_acc=("train_acc", "last"),
-                                     test_loss=("test_loss", "last"), test_acc=("test_acc", "last"))
-             .reset_index().assign(epoch=lambda d: d.epoch + 1))
-    return UltimusRun(label or variant, variant, recipe, U.count_params(model), hist, curve, model, seed, snaps)
+    hist = train.fit(stepper, opt, batches, tally, epochs=epochs, scheduler=sched, scheduler_per="step",
+                     device=device, diverge_factor=diverge_factor, on_diverge=on_diverge, progress=False,
+                     evaluate=metrics, desc=label, checkpoint=ckpt, on_step=on_step)
+    curve = train.epoch_curve(hist, train_loss=("train_loss", "mean"), train_acc=("train_acc", "last"),
+                              test_loss=("test_loss", "last"), test_acc=("test_acc", "last"))
+    return UltimusRun(label=label, variant=variant, recipe=recipe, params=train.count_params(model), history=hist,
+                      curve=curve, model=model, seed=seed, snapshots=snaps)
 
 
 # ---------------------------------------------------------------- rows over seeds
@@ -254,13 +251,13 @@ class Row:
     model_kw: tuple = ()            # (name, value) pairs passed to the model's build
 
 
-def run_rows(data: images.ImageData, rows: list[Row], seed_list, epochs: int, device, diverge_factor: float,
+def run_grid(data: images.ImageData, rows: list[Row], seed_list, epochs: int, device, diverge_factor: float,
              fast="auto", checkpoints: str = "", on_step=None) -> dict[str, list[UltimusRun]]:
     """Every row for every seed: {row key: [runs]}. A guarded row ("stop") whose unguarded twin (same variant,
     recipe, model and seed, "report") never crossed the threshold is that same run, so it is reused, not retrained
     (training is deterministic for a seed); it is retrained only where the guard would have stopped it.
     ``on_step``: a factory ``(row, seed, total_steps) -> callback or None`` (e.g. ``prediction_snapshots``) whose
-    callback goes to ``train(on_step=...)``."""
+    callback goes to ``train_one(on_step=...)``."""
     groups: dict[str, list[UltimusRun]] = {}
     for r in rows:
         twin = next((groups[t.key] for t in rows if t.key in groups and t.on_diverge == "report"
@@ -272,10 +269,10 @@ def run_rows(data: images.ImageData, rows: list[Row], seed_list, epochs: int, de
                 runs.append(replace(twin[i], label=r.label))
             else:
                 total = epochs * steps_per_epoch(len(data.x_train), r.recipe.batch_size, device, fast)
-                runs.append(train(data, r.variant, r.recipe, epochs, device, seed=sd, label=r.label, fast=fast,
-                                  diverge_factor=diverge_factor, on_diverge=r.on_diverge, checkpoints=checkpoints,
-                                  on_step=on_step(r, sd, total) if on_step is not None else None,
-                                  **dict(r.model_kw)))
+                runs.append(train_one(data, r.variant, r.recipe, epochs, device, seed=sd, label=r.label, fast=fast,
+                                      diverge_factor=diverge_factor, on_diverge=r.on_diverge, checkpoints=checkpoints,
+                                      on_step=on_step(r, sd, total) if on_step is not None else None,
+                                      **dict(r.model_kw)))
         groups[r.key] = runs
     return groups
 
@@ -307,7 +304,7 @@ def finals(runs: list[UltimusRun]) -> list[float]:
     return [100 * r.final_acc for r in runs]
 
 
-def table(groups: dict[str, list[UltimusRun]]) -> pd.DataFrame:
+def summarise(groups: dict[str, list[UltimusRun]]) -> pd.DataFrame:
     """One row per key: test accuracy (%) over seeds as mean ± sd, and how many seeds diverged or were stopped."""
     rows = []
     for runs in groups.values():
@@ -402,21 +399,18 @@ def plot_curves(runs: list[UltimusRun]):
 @torch.no_grad()
 def plot_misclassified(run: UltimusRun, data: images.ImageData, n: int = 24):
     """Test images the model gets wrong, titled "pred / true"."""
-    model = run.model.eval()
-    device = next(model.parameters()).device
-    x, y = test_tensors(data, device)
-    mean, std = (torch.tensor(s, device=device).view(1, -1, 1, 1) for s in STATS)
-    pred = torch.cat([model((x[i:i + 1000].float() / 255 - mean) / std).argmax(-1) for i in range(0, len(y), 1000)])
-    wrong = torch.nonzero(pred != y).flatten()[:n].cpu()
+    with train.evaluating(run.model):
+        pred = prediction_probe(data, len(data.y_test), batch=1000)(run.model)
+    y = np.asarray(data.y_test)
+    wrong = np.flatnonzero(pred != y)[:n]
     fig, axes = _grid(max(len(wrong), 1))
-    for ax, i in zip(axes.flat, wrong.tolist()):
+    for ax, i in zip(axes.flat, wrong):
         ax.imshow(data.x_test[i])
         ax.set_title(f"{data.classes[int(pred[i])]} / {data.classes[int(y[i])]}", fontsize="x-small")
     for ax in axes.flat[len(wrong):]:
         ax.axis("off")
     fig.suptitle(f"misclassified test images, {run.label} (pred / true)", fontsize="small")
     fig.tight_layout()
-    model.train()
     return fig
 
 
@@ -439,14 +433,14 @@ def prediction_probe(data: images.ImageData, n: int = 500, batch: int = 500):
 
 def prediction_snapshots(data: images.ImageData, seed: int, frames: int, keys=("faithful", "repaired", "fixed"),
                          n: int = 500):
-    """A ``run_rows`` ``on_step`` factory: the rows ``keys`` of ``seed`` record ``frames`` snapshots of their test
+    """A ``run_grid`` ``on_step`` factory: the rows ``keys`` of ``seed`` record ``frames`` snapshots of their test
     predictions (``prediction_probe``) evenly over their optimiser steps, step 0 included; other runs record
     nothing. Recording runs in eval mode under no_grad and changes nothing of the training."""
 
     def factory(row: Row, seed_: int, total: int):
         if row.key not in keys or seed_ != seed or frames < 1:
             return None
-        return training.Snapshots(prediction_probe(data, n), training.even_steps(total, frames))
+        return train.Snapshots(prediction_probe(data, n), train.even_steps(total, frames))
 
     return factory
 
@@ -471,7 +465,7 @@ def training_gif(groups: dict[str, list[UltimusRun]], data: images.ImageData, pa
                 runs.append(r)
                 break
     if not runs:
-        raise ValueError("no run recorded snapshots: train with run_rows(..., on_step=prediction_snapshots(...))")
+        raise ValueError("no run recorded snapshots: train with run_grid(..., on_step=prediction_snapshots(...))")
     classes = list(data.classes)
     k = len(classes)
     fig = plt.figure(figsize=(4.9 * len(runs) + 0.6, 6.3), dpi=dpi)
@@ -554,7 +548,7 @@ DESCRIPTIONS = {
 
 
 def param_table() -> pd.DataFrame:
-    return pd.DataFrame({"params": {v: U.count_params(U.build(v)) for v in U.VARIANTS},
+    return pd.DataFrame({"params": {v: train.count_params(U.build(v)) for v in U.VARIANTS},
                          "what changes": DESCRIPTIONS}).rename_axis("model")
 
 
@@ -564,9 +558,8 @@ def linear_map_residual(model: torch.nn.Module, n: int = 400, seed: int = 0) -> 
     ~1e-7 for the faithful (linear, bias-free) stack, i.e. X is exactly such a map."""
     device = next(model.parameters()).device
     x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-    was_training = model.training
-    X = model.eval().embed(x.to(device)).double().cpu()
-    model.train(was_training)
+    with train.evaluating(model):
+        X = model.embed(x.to(device)).double().cpu()
     patches = F.unfold(x, 7).mean(-1).double()  # (n, 147)
     W = torch.linalg.lstsq(patches, X).solution
     return float((patches @ W - X).norm() / X.norm())
@@ -589,20 +582,21 @@ def outcome(runs: list[UltimusRun]) -> str:
     return f"its training loss crossed the guard's threshold in {where} ({len(div)} of {n} seeds); {then}"
 
 
-def glue_rows(res, groups: dict[str, list[UltimusRun]], rows: list[Row] = ()) -> None:
+def glue(res, groups: dict[str, list[UltimusRun]], rows: list[Row] = ()) -> None:
     """<key>_final, <key>_max ('mean ± sd' %), <key>_final_mean (float), <key>_outcome, <key>_params per row;
     a row of ``rows`` that did not run gets '—' (and its model's parameter count), so the page still builds."""
-    for r in rows:
-        if r.key not in groups:
-            for k in ("final", "final_mean", "max", "outcome"):
-                res.glue(f"{r.key}_{k}", "—" if k != "final_mean" else float("nan"))
-            res.glue(f"{r.key}_params", U.count_params(U.build(r.variant)))
-    for key, runs in groups.items():
-        res.glue(f"{key}_final", S.pm(finals(runs)))
-        res.glue(f"{key}_final_mean", S.summary(finals(runs))["mean"])
-        res.glue(f"{key}_max", S.pm([100 * r.max_acc for r in runs]))
-        res.glue(f"{key}_outcome", outcome(runs))
-        res.glue(f"{key}_params", runs[0].params)
+    entries = [{"key": r.key, "runs": None, "variant": r.variant} for r in rows if r.key not in groups]
+    entries += [{"key": key, "runs": runs} for key, runs in groups.items()]
+
+    def per_row(value, missing="—"):
+        return lambda e: missing if e["runs"] is None else value(e["runs"])
+
+    res.glue_rows(entries, "{key}_final", per_row(lambda runs: S.pm(finals(runs))))
+    res.glue_rows(entries, "{key}_final_mean", per_row(lambda runs: S.summary(finals(runs))["mean"], float("nan")))
+    res.glue_rows(entries, "{key}_max", per_row(lambda runs: S.pm([100 * r.max_acc for r in runs])))
+    res.glue_rows(entries, "{key}_outcome", per_row(outcome))
+    res.glue_rows(entries, "{key}_params", lambda e: train.count_params(U.build(e["variant"])) if e["runs"] is None
+                  else e["runs"][0].params)
 
 
 def first_epochs(runs: list[UltimusRun], n: int = 3) -> str:
@@ -624,23 +618,23 @@ def faithful_verdict(runs: list[UltimusRun], is_comparable: bool, tol: float = 3
     return S.within_word(S.within(finals(runs), ORIGINAL["final_acc"], tol)) + " of the original's final accuracy"
 
 
-def diagnosis_text(groups: dict[str, list[UltimusRun]]) -> str:
-    """One sentence per ablation, computed over seeds: the lower peak against the faithful row, every model
-    ablation against the lower-peak row (its baseline, when it ran)."""
-    parts = []
+def _against_baselines(groups: dict[str, list[UltimusRun]]):
+    """(runs, baseline runs, the baseline's name) for every ablation that ran: the lower peak against the faithful
+    row, every model ablation against the lower-peak row (its baseline, when it ran; else the faithful row)."""
     faithful = groups.get("faithful") or groups.get("guarded")  # trained through: every seed has a final number
     low = groups.get("low_lr")
     for name in ABLATIONS:
-        if name not in groups:
-            continue
-        runs = groups[name]
         base, base_label = ((faithful, "the faithful run") if name == "low_lr" or low is None
                             else (low, "the lower-peak run"))
-        if base is None:
-            continue
-        word = S.matters(S.differ(finals(base), finals(runs)))
-        parts.append(f"{runs[0].label}: final test accuracy {S.pm(finals(runs))} % against {S.pm(finals(base))} % "
-                     f"for {base_label} — the change {word}; {outcome(runs)}.")
+        if name in groups and base is not None:
+            yield groups[name], base, base_label
+
+
+def diagnosis_text(groups: dict[str, list[UltimusRun]]) -> str:
+    """One sentence per ablation, computed over seeds, against its baseline (``_against_baselines``)."""
+    parts = [f"{runs[0].label}: final test accuracy {S.pm(finals(runs))} % against {S.pm(finals(base))} % for "
+             f"{base_label} — the change {S.matters(S.differ(finals(base), finals(runs)))}; {outcome(runs)}."
+             for runs, base, base_label in _against_baselines(groups)]
     return " ".join(parts) if parts else "No ablation rows were run in this profile."
 
 
@@ -648,15 +642,8 @@ def causes_summary(groups: dict[str, list[UltimusRun]]) -> str:
     """The diagnosis in one line for the chapter's closing section: each ablation and whether it matters over the
     seeds (against the same baselines as ``diagnosis_text``), e.g. 'lower peak (0.1×) helps by 8.00 points (...);
     BN+ReLU convs makes no difference beyond seed noise (...)'."""
-    faithful = groups.get("faithful") or groups.get("guarded")
-    low = groups.get("low_lr")
-    parts = []
-    for name in ABLATIONS:
-        if name not in groups:
-            continue
-        base = faithful if name == "low_lr" or low is None else low
-        if base is not None:
-            parts.append(f"{groups[name][0].label} {S.matters(S.differ(finals(base), finals(groups[name])))}")
+    parts = [f"{runs[0].label} {S.matters(S.differ(finals(base), finals(runs)))}"
+             for runs, base, _ in _against_baselines(groups)]
     return "; ".join(parts) if parts else "no ablation rows were run in this profile"
 
 
@@ -678,7 +665,8 @@ def target_sentence(groups: dict[str, list[UltimusRun]], key: str, target: float
     m = S.summary(finals(groups[key]))
     scope = "" if full else " (this profile is smaller than the full one the target is set for)"
     ok = m["mean"] >= target
-    text = f"mean {m['mean']:.2f} % over {m['n']} seed{'s' * (m['n'] > 1)}: {'meets' if ok else 'misses'} ≥ {target:g} %"
+    text = (f"mean {m['mean']:.2f} % over {m['n']} seed{'s' * (m['n'] > 1)}: {'meets' if ok else 'misses'} "
+            f"≥ {target:g} %")
     if margin is not None and f"{key}_noattn" in groups:
         c = S.differ(finals(groups[f"{key}_noattn"]), finals(groups[key]))
         above = c["diff"] >= margin and c["significant"]

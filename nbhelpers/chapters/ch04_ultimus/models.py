@@ -25,8 +25,6 @@ import math
 import torch
 from torch import nn
 
-from ...train import count_params  # noqa: F401  (re-exported)
-
 CONVS = ("linear", "bn_relu")
 SCALES = ("inside", "after")
 SOFTMAX = ("q", "k")

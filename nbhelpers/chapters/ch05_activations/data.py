@@ -1,8 +1,24 @@
 """Two moons (scikit-learn's ``make_moons``) as float32 tensors-to-be, and the plot grid around them."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.datasets import make_moons
+
+
+@dataclass(frozen=True)
+class Moons:
+    """The chapter's data (``experiment.load``): training and held-out moons, and the plot grid (``grid``)."""
+
+    X: np.ndarray       # (n, 2) float32 training points
+    y: np.ndarray       # (n,) float32 labels in {0, 1}
+    X_test: np.ndarray  # the held-out draw
+    y_test: np.ndarray
+    xx: np.ndarray      # (grid_n, grid_n) grid coordinates
+    yy: np.ndarray
+    grid: np.ndarray    # (grid_n * grid_n, 2) float32: the grid's points
+    extent: tuple       # (x0, x1, y0, y1)
 
 
 def make(n: int = 100, noise: float = 0.1, random_state: int = 42):

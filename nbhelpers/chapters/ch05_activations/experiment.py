@@ -1,9 +1,9 @@
 """Chapter 5 experiment: the two-moons MLP with every activation variant, over seeds.
 
-The notebook calls ``load`` / ``run_all`` / ``summarise`` and the figure functions below; nothing else about the
-experiment lives in the notebook. The recipe is the original's: all training points in one batch, BCE-with-logits,
-AdamW (lr 0.01, default weight decay 0.01), a fixed number of steps; ``train.fit``'s guard stops a run whose loss
-becomes NaN/inf and records the step.
+The notebook calls ``start`` / ``load`` / ``run_grid`` / ``summarise`` / ``glue`` and the figure functions below;
+nothing else about the experiment lives in the notebook. The recipe is the original's: all training points in one
+batch, BCE-with-logits, AdamW (lr 0.01, default weight decay 0.01), a fixed number of steps; ``train.fit``'s guard
+stops a run whose loss becomes NaN/inf and records the step.
 """
 from __future__ import annotations
 
@@ -18,26 +18,33 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch.nn import functional as F
 
-from ... import runtime, seeds
-from ... import train as training
+from ... import chapter, runtime, seeds, train
 from . import data as moons
-from . import models as models
+from . import models
 from ...viz import animate, plots
 
 LAYERS = ("fc1", "fc2", "fc3")
 
 
+def start(namespace: dict, **specs) -> chapter.Opening:
+    """The notebook's opening (``chapter.start``): check the parameters ``specs`` and that the held-out moons are
+    another draw than the training moons, then seed, print the run header and start the chapter's ``Results``."""
+    return chapter.start(namespace, __name__, validate=_validate, **specs)
+
+
+def _validate(p: dict) -> None:
+    """The held-out moons must be another draw than the training moons."""
+    if p["heldout_seed"] == p["data_seed"]:
+        raise ValueError(f"parameter heldout_seed={p['heldout_seed']!r} is not allowed: it must differ from data_seed "
+                         f"({p['data_seed']}), or the held-out moons repeat the training points")
+
+
 def load(n: int = 100, noise: float = 0.1, data_seed: int = 42, heldout_n: int = 1000, heldout_seed: int = 1,
-         grid_n: int = 200) -> dict:
+         grid_n: int = 200) -> moons.Moons:
     """Training moons (the original's), an independent held-out draw, and the plot grid spanning the data ±0.5."""
-    if heldout_seed == data_seed:
-        raise ValueError(f"heldout_seed={heldout_seed} must differ from data_seed={data_seed} "
-                         "(otherwise the held-out moons repeat the training points)")
+    _validate({"heldout_seed": heldout_seed, "data_seed": data_seed})
     X, y = moons.make(n, noise, data_seed)
-    X_test, y_test = moons.make(heldout_n, noise, heldout_seed)
-    xx, yy, pts, extent = moons.grid(X, grid_n)
-    return {"X": X, "y": y, "X_test": X_test, "y_test": y_test, "xx": xx, "yy": yy, "grid": pts,
-            "extent": extent}
+    return moons.Moons(X, y, *moons.make(heldout_n, noise, heldout_seed), *moons.grid(X, grid_n))
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -73,24 +80,30 @@ def pattern_ids(pattern: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(pattern), axis=0, return_inverse=True)[1].ravel()
 
 
-def grid_maps(model: models.MoonsNet, data: dict, device="cpu") -> dict:
-    """On the plot grid: P(class 1), predicted class (2 where the output is NaN) and linear-region ids (or None)."""
-    shape = data["xx"].shape
-    pts = torch.as_tensor(data["grid"], device=device)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+@dataclass(frozen=True)
+class GridMaps:
+    """A model on the plot grid, each (grid_n, grid_n)."""
+
+    prob: np.ndarray            # P(class 1)
+    cls: np.ndarray             # predicted class; 2 where the output is NaN
+    regions: np.ndarray | None  # linear-region ids (None for a variant that is not piecewise linear)
+
+
+def grid_maps(model: models.MoonsNet, data: moons.Moons, device="cpu") -> GridMaps:
+    """The model's P(class 1), predicted class and linear-region ids on the plot grid."""
+    shape = data.xx.shape
+    pts = torch.as_tensor(data.grid, device=device)
+    with train.evaluating(model), torch.no_grad():
         logits = model(pts).squeeze(-1).cpu().numpy()
         pattern = model.pattern(pts)
-    model.train(was_training)
     cls = np.where(np.isnan(logits), 2, logits > 0).astype(np.int64)
     with np.errstate(over="ignore"):
         prob = 1 / (1 + np.exp(-logits.astype(np.float64)))
     regions = None if pattern is None else pattern_ids(pattern.cpu().numpy()).reshape(shape)
-    return {"prob": prob.reshape(shape), "cls": cls.reshape(shape), "regions": regions}
+    return GridMaps(prob.reshape(shape), cls.reshape(shape), regions)
 
 
-def expressivity(model: models.MoonsNet, data: dict, device="cpu") -> tuple[int | None, int]:
+def expressivity(model: models.MoonsNet, data: moons.Moons, device="cpu") -> tuple[int | None, int]:
     """(linear regions, decision regions) on the plot grid.
 
     Linear regions: connected areas where the activation pattern (``model.pattern``) is constant, i.e. where a
@@ -99,16 +112,13 @@ def expressivity(model: models.MoonsNet, data: dict, device="cpu") -> tuple[int 
     a grid cell is missed).
     """
     maps = grid_maps(model, data, device)
-    linear = None if maps["regions"] is None else count_regions(maps["regions"])
-    return linear, count_regions(maps["cls"])
+    return None if maps.regions is None else count_regions(maps.regions), count_regions(maps.cls)
 
 
-@dataclass
-class MoonsRun:
-    variant: str
-    seed: int
-    model: models.MoonsNet
-    history: training.History
+@dataclass(kw_only=True)
+class MoonsRun(train.Run):
+    """One training run; ``label`` is its variant (a key of ``models.VARIANTS``)."""
+
     steps: int                       # steps asked for
     steps_to_fit: int | None         # optimiser steps until the training accuracy first reached 100 %
     train_acc: float                 # final, on the training points
@@ -117,7 +127,6 @@ class MoonsRun:
     grad_norms: np.ndarray           # (steps taken, 3): gradient norm of fc1, fc2, fc3 at each step
     linear_regions: int | None
     decision_regions: int
-    snapshots: training.Snapshots | None = None
 
     @property
     def diverged(self) -> bool:
@@ -137,14 +146,27 @@ class MoonsRun:
         return f"{self.steps_to_fit}" + ("" if self.fitted else " (lost later)")
 
 
+def by_variant(runs: dict) -> dict:
+    """{variant: [its runs, one per seed]} from ``run_grid``'s {(variant, seed): MoonsRun}."""
+    out: dict = {}
+    for (v, _), r in runs.items():
+        out.setdefault(v, []).append(r)
+    return out
+
+
+def heldout_by_variant(runs: dict) -> dict:
+    """{variant: [held-out accuracy in % of each seed]}."""
+    return {v: [100 * r.heldout_acc for r in rs] for v, rs in by_variant(runs).items()}
+
+
 def _grad_norms(model) -> torch.Tensor:
-    return torch.stack([torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in getattr(model, n).parameters()]))
-                        for n in LAYERS])
+    grads = ([p.grad.reshape(-1) for p in getattr(model, name).parameters()] for name in LAYERS)
+    return torch.stack([torch.linalg.vector_norm(torch.cat(g)) for g in grads])
 
 
-def surface_probe(data: dict, device="cpu"):
+def surface_probe(data: moons.Moons, device="cpu"):
     """A Snapshots probe: P(class 1) on the plot grid (float16 to save memory)."""
-    pts, shape = torch.as_tensor(data["grid"], device=device), data["xx"].shape
+    pts, shape = torch.as_tensor(data.grid, device=device), data.xx.shape
 
     def probe(model):
         return torch.sigmoid(model(pts)).reshape(shape).cpu().numpy().astype(np.float16)
@@ -152,19 +174,15 @@ def surface_probe(data: dict, device="cpu"):
     return probe
 
 
-def train_one(data: dict, variant: str, seed: int, steps: int = 1000, lr: float = 0.01, frames: int = 0,
+@runtime.threads(1)  # 100 points x 10 units: one CPU thread is fastest
+def train_one(data: moons.Moons, variant: str, seed: int, steps: int = 1000, lr: float = 0.01, frames: int = 0,
               device="cpu") -> MoonsRun:
     """One run of the original recipe; ``frames`` > 1 records that many surfaces (steps 0 ... steps) for a GIF."""
-    with runtime.threads(1):  # 100 points x 10 units: one CPU thread is fastest
-        return _train_one(data, variant, seed, steps, lr, frames, device)
-
-
-def _train_one(data, variant, seed, steps, lr, frames, device) -> MoonsRun:
     model = models.build(variant, seed).to(device)
-    X, y = (torch.as_tensor(data[k], device=device) for k in ("X", "y"))
+    X, y = torch.as_tensor(data.X, device=device), torch.as_tensor(data.y, device=device)
     snaps = None
     if frames > 1:
-        snaps = training.Snapshots(surface_probe(data, device), np.linspace(0, steps, frames).round()[1:])
+        snaps = train.Snapshots(surface_probe(data, device), np.linspace(0, steps, frames).round()[1:])
         snaps.record(0, model)
     norms = []
 
@@ -173,34 +191,35 @@ def _train_one(data, variant, seed, steps, lr, frames, device) -> MoonsRun:
         if snaps is not None:
             snaps(step, m)
 
-    hist = training.fit(model, torch.optim.AdamW(model.parameters(), lr=lr), [(X, y)], loss_fn, epochs=steps,
-                        evaluate=lambda m: {"train_acc": accuracy(m(X), y)}, eval_every=1, on_step=on_step,
-                        device=device, progress=False)
+    hist = train.fit(model, train.optimizer("adamw", model.parameters(), lr=lr), [(X, y)], loss_fn, epochs=steps,
+                     evaluate=lambda m: {"train_acc": accuracy(m(X), y)}, eval_every=1, on_step=on_step,
+                     device=device, progress=False)
     if snaps is not None and not hist.ok:
         snaps.record(hist.stopped_at, model)  # the state the guard stopped on
     # a row's train_acc is measured after that row's optimiser step: first row at 100 % -> its step + 1 steps
     df = hist.df
     hit = df.step[df.train_acc == 1.0] if "train_acc" in df else df.step.iloc[:0]
-    model.eval()
-    with torch.no_grad():
+    with train.evaluating(model), torch.no_grad():
         logits = model(X)
         loss, train_acc = float(loss_fn(logits, y)), accuracy(logits, y)
-        heldout = accuracy(model(torch.as_tensor(data["X_test"], device=device)),
-                           torch.as_tensor(data["y_test"], device=device))
+        heldout = accuracy(model(torch.as_tensor(data.X_test, device=device)),
+                           torch.as_tensor(data.y_test, device=device))
     linear, decision = expressivity(model, data, device)
-    return MoonsRun(variant, seed, model, hist, steps, int(hit.iloc[0]) + 1 if len(hit) else None, train_acc, loss,
-                    heldout, torch.stack(norms).cpu().numpy() if norms else np.zeros((0, 3)), linear, decision,
-                    snaps)
+    return MoonsRun(label=variant, seed=seed, model=model, history=hist, params=train.count_params(model),
+                    snapshots=snaps, steps=steps, steps_to_fit=int(hit.iloc[0]) + 1 if len(hit) else None,
+                    train_acc=train_acc, train_loss=loss, heldout_acc=heldout,
+                    grad_norms=torch.stack(norms).cpu().numpy() if norms else np.zeros((0, 3)),
+                    linear_regions=linear, decision_regions=decision)
 
 
-def run_all(data: dict, variants, seeds, steps: int = 1000, lr: float = 0.01, frames: int = 0, device="cpu",
-            progress: bool = True) -> dict:
+def run_grid(data: moons.Moons, variants, seeds, steps: int = 1000, lr: float = 0.01, frames: int = 0, device="cpu",
+             progress: bool = True) -> dict:
     """Every variant x seed; frames are recorded for the first seed only. Returns {(variant, seed): MoonsRun}."""
-    from ...train import progress_bar as tqdm  # tqdm.auto: a widget in Jupyter/Colab, text elsewhere
+    def one(v, s):
+        return train_one(data, v, s, steps, lr, frames if s == seeds[0] else 0, device)
 
     jobs = [(v, s) for v in variants for s in seeds]
-    return {(v, s): train_one(data, v, s, steps, lr, frames if s == seeds[0] else 0, device)
-            for v, s in tqdm(jobs, desc="runs", disable=not progress, mininterval=5)}
+    return dict(zip(jobs, train.grid(jobs, one, progress=progress)))
 
 
 def summarise(runs: dict, line_acc: float | None = None) -> pd.DataFrame:
@@ -209,8 +228,7 @@ def summarise(runs: dict, line_acc: float | None = None) -> pd.DataFrame:
     seeds (``verdict_phrase``) and the count of seeds per verdict (columns named after ``VERDICTS``)."""
     rows = []
     per_seed = verdicts(runs, line_acc) if line_acc is not None else {}
-    for v in dict.fromkeys(k[0] for k in runs):
-        rs = [r for (vv, _), r in runs.items() if vv == v]
+    for v, rs in by_variant(runs).items():
         first, spec = rs[0], models.VARIANTS[v]
         reached = [r.steps_to_fit for r in rs if r.steps_to_fit is not None]
         held = np.array([r.heldout_acc for r in rs])
@@ -259,24 +277,21 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     }).set_index("variant")
 
 
-def glue_results(res, table: pd.DataFrame) -> None:
-    """Glue each variant's numbers for the prose: <variant>_{outcome, fit_rate, fitted, median_steps, heldout,
-    train_acc, train_loss, linear_regions, decision_regions, diverged}, and <variant>_verdict when the table has
-    verdicts (``summarise`` with ``line_acc``)."""
-    for _, r in table.iterrows():
-        v = r.variant
-        res.glue(f"{v}_outcome", r.first_outcome)
-        res.glue(f"{v}_fitted", int(r.fitted))
-        res.glue(f"{v}_fit_rate", f"{r.fitted}/{r.seeds}")
-        res.glue(f"{v}_median_steps", _num(r.median_steps_to_fit, "{:.0f}", "never"))
-        res.glue(f"{v}_heldout", float(r.heldout_mean))
-        res.glue(f"{v}_train_acc", float(r.first_train_acc))
-        res.glue(f"{v}_train_loss", _num(r.first_train_loss, "{:.3g}", "NaN"))
-        res.glue(f"{v}_linear_regions", _num(r.linear_regions))
-        res.glue(f"{v}_decision_regions", _num(r.decision_regions))
-        res.glue(f"{v}_diverged", int(r.diverged))
-        if "verdict" in r:
-            res.glue(f"{v}_verdict", r.verdict)
+def glue(res, table: pd.DataFrame) -> None:
+    """Glue each variant's numbers (one row of ``summarise``'s table) for the prose, and <variant>_verdict when the
+    table has verdicts (``summarise`` with ``line_acc``)."""
+    res.glue_rows(table, "{variant}_outcome", "first_outcome")
+    res.glue_rows(table, "{variant}_fitted", lambda r: int(r.fitted))
+    res.glue_rows(table, "{variant}_fit_rate", lambda r: f"{r.fitted}/{r.seeds}")
+    res.glue_rows(table, "{variant}_median_steps", lambda r: _num(r.median_steps_to_fit, "{:.0f}", "never"))
+    res.glue_rows(table, "{variant}_heldout", lambda r: float(r.heldout_mean))
+    res.glue_rows(table, "{variant}_train_acc", lambda r: float(r.first_train_acc))
+    res.glue_rows(table, "{variant}_train_loss", lambda r: _num(r.first_train_loss, "{:.3g}", "NaN"))
+    res.glue_rows(table, "{variant}_linear_regions", lambda r: _num(r.linear_regions))
+    res.glue_rows(table, "{variant}_decision_regions", lambda r: _num(r.decision_regions))
+    res.glue_rows(table, "{variant}_diverged", lambda r: int(r.diverged))
+    if "verdict" in table:
+        res.glue_rows(table, "{variant}_verdict", "verdict")
 
 
 def glue_groups(res, table: pd.DataFrame) -> None:
@@ -317,7 +332,7 @@ def divergence_note(runs: dict) -> str:
         bad = np.flatnonzero(~np.isfinite(r.grad_norms).all(1))
         grad = (f"; the gradient of step {bad[0]} was already non-finite although that step's loss was finite"
                 if len(bad) else "")
-        parts.append(f"{models.VARIANTS[r.variant].label} (seed {r.seed}) at step {r.history.stopped_at}{grad}")
+        parts.append(f"{models.VARIANTS[r.label].label} (seed {r.seed}) at step {r.history.stopped_at}{grad}")
     return "The guard stopped " + "; ".join(parts) + "."
 
 
@@ -341,22 +356,23 @@ def gradient_stats(runs: dict, seed: int) -> dict:
 def glue_gradients(res, runs: dict, seed: int) -> None:
     """Glue <variant>_grad_median, _grad_max and _loss_up (see ``gradient_stats``; one seed) and
     <variant>_grad_max_all (largest finite fc1 gradient norm over all seeds) for the prose."""
-    for v, stats in gradient_stats(runs, seed).items():
-        for key, value in stats.items():
-            res.glue(f"{v}_{key}", value)
-    for v in dict.fromkeys(k[0] for k in runs):
-        g = np.concatenate([r.grad_norms[:, 0] for (vv, _), r in runs.items() if vv == v])
-        res.glue(f"{v}_grad_max_all", float(g[np.isfinite(g)].max()) if np.isfinite(g).any() else float("nan"))
+    stats = [{"variant": v, **row} for v, row in gradient_stats(runs, seed).items()]
+    res.glue_rows(stats, "{variant}_grad_median", "grad_median")
+    res.glue_rows(stats, "{variant}_grad_max", "grad_max")
+    res.glue_rows(stats, "{variant}_loss_up", "loss_up")
+    fc1 = {v: np.concatenate([r.grad_norms[:, 0] for r in rs]) for v, rs in by_variant(runs).items()}
+    res.glue_rows([{"variant": v, "g": g[np.isfinite(g)]} for v, g in fc1.items()], "{variant}_grad_max_all",
+                  lambda r: float(r["g"].max()) if len(r["g"]) else float("nan"))
 
 
 # distance of a pre-activation to the nearest pole of the activation: 1/x at 0, tan at pi/2 + k pi
 POLE_DISTANCE = {"inv": torch.abs, "tan": lambda h: (torch.remainder(h, torch.pi) - torch.pi / 2).abs()}
 
 
-def pole_stats(runs: dict, data: dict, seed: int, eps: float = 0.05) -> dict:
+def pole_stats(runs: dict, data: moons.Moons, seed: int, eps: float = 0.05) -> dict:
     """For 1/x and tan (one seed): the share of training points with some pre-activation (fc1 or fc2 output)
     within ``eps`` of a pole, at initialisation and at the end, and the largest |pre-activation| at the end."""
-    X, out = torch.as_tensor(data["X"]), {}
+    X, out = torch.as_tensor(data.X), {}
     for (v, s), r in runs.items():
         act = models.VARIANTS[v].act1
         if s != seed or act not in POLE_DISTANCE:
@@ -369,6 +385,15 @@ def pole_stats(runs: dict, data: dict, seed: int, eps: float = 0.05) -> dict:
             row[f"max_pre_{when}"] = float(h.abs().max())
         out[v] = row
     return out
+
+
+def glue_poles(res, poles: dict) -> None:
+    """Glue <variant>_near_pole_{init, final} and <variant>_max_pre_{init, final} (``pole_stats``) for the prose."""
+    rows = [{"variant": v, **row} for v, row in poles.items()]
+    res.glue_rows(rows, "{variant}_near_pole_init", "near_pole_init")
+    res.glue_rows(rows, "{variant}_max_pre_init", "max_pre_init")
+    res.glue_rows(rows, "{variant}_near_pole_final", "near_pole_final")
+    res.glue_rows(rows, "{variant}_max_pre_final", "max_pre_final")
 
 
 # ---------------------------------------------------------------- verdicts: the words the prose glues
@@ -461,10 +486,7 @@ def verdict_phrase(verdicts) -> str:
 
 def verdicts(runs: dict, line_acc: float) -> dict:
     """{variant: [verdict per seed]} in the order of the runs."""
-    out: dict = {}
-    for (v, _), r in runs.items():
-        out.setdefault(v, []).append(run_verdict(r, line_acc))
-    return out
+    return {v: [run_verdict(r, line_acc) for r in rs] for v, rs in by_variant(runs).items()}
 
 
 def agreement(expected: str, seed_verdicts) -> str:
@@ -538,7 +560,8 @@ def heldout_note(runs: dict, seed_verdicts: dict) -> str:
     if len(fitted) < 2:
         return ("Fewer than two variants fit at every seed in this run, so held-out accuracy cannot compare fitted "
                 "variants.")
-    held = {v: [100 * r.heldout_acc for (vv, _), r in runs.items() if vv == v] for v in fitted}
+    pcts = heldout_by_variant(runs)
+    held = {v: pcts.get(v, []) for v in fitted}
     means = {v: seeds.summary(h)["mean"] for v, h in held.items()}
     lo, hi = min(fitted, key=means.get), max(fitted, key=means.get)
     c = seeds.differ(held[lo], held[hi])
@@ -560,6 +583,13 @@ def versus_line(values, line: float) -> str:
         return "not measured against"
     margin = 2 * s["sd"] / np.sqrt(s["n"])
     return "above" if s["mean"] - margin > line else "below" if s["mean"] + margin < line else "level with"
+
+
+def glue_vs_line(res, runs: dict, line_heldout: float) -> None:
+    """Glue <variant>_vs_line: its held-out accuracy (%, over seeds) against the best straight line's
+    (``line_heldout``, %), as ``versus_line`` words it."""
+    res.glue_rows([{"variant": v, "held": h} for v, h in heldout_by_variant(runs).items()], "{variant}_vs_line",
+                  lambda r: versus_line(r["held"], line_heldout))
 
 
 def rank_word(values: dict, key) -> str:
@@ -639,13 +669,13 @@ def agreement_counts(seed_verdicts: dict) -> dict:
 
 # ---------------------------------------------------------------- figures
 
-def plot_data(data: dict):
+def plot_data(data: moons.Moons):
     """The training moons (the original's) and the held-out draw."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.9))
-    for ax, (X, y, name) in zip(axes, [(data["X"], data["y"], f"training: {len(data['X'])} points"),
-                                       (data["X_test"], data["y_test"], f"held out: {len(data['X_test'])} points")]):
+    for ax, (X, y, name) in zip(axes, [(data.X, data.y, f"training: {len(data.X)} points"),
+                                       (data.X_test, data.y_test, f"held out: {len(data.X_test)} points")]):
         plots.points(ax, X, y, size=10 if len(X) <= 200 else 4)
-        ax.set(title=name, xlim=data["extent"][:2], ylim=data["extent"][2:], aspect="equal", xticks=[], yticks=[])
+        ax.set(title=name, xlim=data.extent[:2], ylim=data.extent[2:], aspect="equal", xticks=[], yticks=[])
     axes[1].legend(fontsize="x-small", loc="lower left")
     fig.tight_layout()
     return fig
@@ -660,16 +690,16 @@ def _status(r: MoonsRun) -> str:
     return status
 
 
-def plot_final_surfaces(runs: dict, data: dict, seed: int, cols: int = 4):
+def plot_final_surfaces(runs: dict, data: moons.Moons, seed: int, cols: int = 4):
     """The summary grid: every variant's final P(class 1) with the training points, titled with its outcome."""
     variants = [v for v, s in runs if s == seed]
     fig, axes = plots.panels(len(variants), cols, size=(3.1, 2.55))
     for ax, v in zip(axes, variants):
         r = runs[(v, seed)]
-        prob = grid_maps(r.model, data, next(r.model.parameters()).device)["prob"]
-        plots.surface(ax, data["xx"], data["yy"], prob)
-        plots.points(ax, data["X"], data["y"], size=9)
-        ax.set(xlim=data["extent"][:2], ylim=data["extent"][2:])
+        prob = grid_maps(r.model, data, next(r.model.parameters()).device).prob
+        plots.surface(ax, data.xx, data.yy, prob)
+        plots.points(ax, data.X, data.y, size=9)
+        ax.set(xlim=data.extent[:2], ylim=data.extent[2:])
         ax.set_title(f"{models.VARIANTS[v].label}\n{_status(r)}", fontsize="small")
         if not np.isfinite(prob).any():
             ax.text(0.5, 0.5, "NaN weights:\nnothing to draw", transform=ax.transAxes, ha="center", va="center",
@@ -717,23 +747,23 @@ def plot_grad_norms(runs: dict, seed: int, variants=("relu", "inv_inv", "tan_tan
     return fig
 
 
-def plot_regions(runs: dict, data: dict, seed: int):
+def plot_regions(runs: dict, data: moons.Moons, seed: int):
     """Linear regions of the piecewise-linear variants on the plot grid (random colours), the decision boundary
     (black) and the training points."""
     variants = [v for v, s in runs if s == seed and models.VARIANTS[v].piecewise]
     if not variants:
         return None
     fig, axes = plots.panels(len(variants), len(variants), size=(3.0, 2.5))
-    ext = data["extent"]
+    ext = data.extent
     for ax, v in zip(axes, variants):
         r = runs[(v, seed)]
         maps = grid_maps(r.model, data, next(r.model.parameters()).device)
-        ids = maps["regions"]
+        ids = maps.regions
         colours = np.random.default_rng(0).uniform(0.25, 1.0, (ids.max() + 1, 3))
         ax.imshow(colours[ids], origin="lower", extent=ext, interpolation="nearest", aspect="equal")
-        if np.isfinite(maps["prob"]).all() and 0 < (maps["prob"] > 0.5).mean() < 1:
-            ax.contour(data["xx"], data["yy"], maps["prob"], levels=[0.5], colors="black", linewidths=1.2)
-        plots.points(ax, data["X"], data["y"], size=8)
+        if np.isfinite(maps.prob).all() and 0 < (maps.prob > 0.5).mean() < 1:
+            ax.contour(data.xx, data.yy, maps.prob, levels=[0.5], colors="black", linewidths=1.2)
+        plots.points(ax, data.X, data.y, size=8)
         ax.set(xlim=ext[:2], ylim=ext[2:], xticks=[], yticks=[])
         ax.set_title(f"{models.VARIANTS[v].label}: {r.linear_regions} regions", fontsize="small")
     fig.suptitle(f"Linear regions on the plot grid, seed {seed}", fontsize="medium")
@@ -744,7 +774,7 @@ def plot_regions(runs: dict, data: dict, seed: int):
 GIF_BYTES = 800_000  # per GIF: the chapter shows twelve, and its page (with the site's scripts) stays under 8 MB
 
 
-def write_gifs(runs: dict, data: dict, folder, seed: int, fps: float = 12, max_bytes: int = GIF_BYTES) -> dict:
+def write_gifs(runs: dict, data: moons.Moons, folder, seed: int, fps: float = 12, max_bytes: int = GIF_BYTES) -> dict:
     """One training GIF per variant (the runs of ``seed`` recorded frames): <folder>/<variant>.gif.
 
     Frames are drawn as the original's filled contours (``plots.bands``) with the training points, titled with the
@@ -752,7 +782,7 @@ def write_gifs(runs: dict, data: dict, folder, seed: int, fps: float = 12, max_b
     written again from fewer, evenly spaced frames, never at a lower resolution (``animate.write_gif``).
     """
     folder, out = Path(folder), {}
-    w, h = data["extent"][1] - data["extent"][0], data["extent"][3] - data["extent"][2]
+    w, h = data.extent[1] - data.extent[0], data.extent[3] - data.extent[2]
     for (v, s), r in runs.items():
         if s != seed or r.snapshots is None:
             continue
@@ -764,6 +794,6 @@ def write_gifs(runs: dict, data: dict, folder, seed: int, fps: float = 12, max_b
             titles.append(f"{label} · step {step}" + (f" · loss {value:.3g}" if np.isfinite(value) else
                                                        " · loss NaN: diverged"))
         frames = [plots.bands(f) for f in r.snapshots.frames]
-        out[v] = animate.surface_gif(frames, titles, data["extent"], folder / f"{v}.gif", data["X"], data["y"],
+        out[v] = animate.surface_gif(frames, titles, data.extent, folder / f"{v}.gif", data.X, data.y,
                                      fps=fps, size=(3.8, 3.8 * h / w + 0.45), max_bytes=max_bytes)
     return out

@@ -6,8 +6,8 @@ registry entry.
 places. Two entries have no pointwise activation at all:
 
 - ``sort``: fc1 → sort the 10 features ascending (per sample) → fc2 → fc3.
-- ``permute``: h = fc1(x); idx = argsort(h) (ascending); out = fc2(h) gathered by idx, i.e. out[:, j] = fc2(h)[:, idx[:, j]];
-  then fc3.
+- ``permute``: h = fc1(x); idx = argsort(h) (ascending); out = fc2(h) gathered by idx, i.e.
+  out[:, j] = fc2(h)[:, idx[:, j]]; then fc3.
 
 Layers keep PyTorch's default initialisation (the original did not set one).
 """
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ... import train
 
 ACTIVATIONS = {
     "abs": torch.abs, "exp": torch.exp, "cos": torch.cos, "sin": torch.sin, "square": torch.square,
@@ -63,8 +65,7 @@ NAMES = tuple(VARIANTS)
 
 
 def check_variant(name) -> Variant:
-    if name not in VARIANTS:
-        raise ValueError(f"variant={name!r} is not allowed; choose one of {', '.join(NAMES)}")
+    train.choose("variant", name, NAMES)
     return VARIANTS[name]
 
 
