@@ -20,10 +20,9 @@ failed or interrupted run never leaves a key that would skip the chapter next ti
 their outputs kept), so a prose edit reaches the book without executing anything. ``--force`` executes regardless.
 
 Every input (profile files, ``-p`` values, ``--only`` names, ``_toc.yml``) is checked before anything runs; a problem
-is one line ``error: <file>:<line>: ...`` and exit code 2. One runner at a time per output folder:
-``<out>/.runner.lock``
-(an exclusive ``flock`` plus JSON naming the holder's pid and start time); a second runner refuses with exit code 2,
-and a lock file left by a killed run is stale (the kernel released its flock) and is taken over.
+is one line ``error: <file>:<line>: ...`` and exit code 2. One runner at a time per output folder, through
+``<out>/.runner.lock`` (an exclusive ``flock`` plus JSON naming the holder's pid and start time); a second runner
+refuses with exit code 2, and a lock file left by a killed run is stale (its flock is gone) and is taken over.
 """
 from __future__ import annotations
 
@@ -81,20 +80,16 @@ def find_root(start: Path | None = None) -> Path:
     raise RunnerError(f"no book found at or above {here} (looked for _toc.yml and notebooks/)")
 
 
-def parse_value(text: str):
-    """papermill-style -p value: YAML scalars/lists ('3' -> 3, '[a, b]' -> list), anything else a string."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-_PLAIN = (str, int, float, bool, type(None))
+def _plain(v) -> bool:
+    """A value papermill passes as written: YAML scalars, and lists and string-keyed mappings of them."""
+    return isinstance(v, (str, int, float, bool, type(None))) or (isinstance(v, list) and all(map(_plain, v))) or (
+        isinstance(v, dict) and all(isinstance(k, str) and _plain(x) for k, x in v.items()))
 
 
 def check_overrides(pairs) -> dict:
-    """The -p NAME VALUE pairs as a dict; a repeated or malformed name, or a value papermill cannot pass as
-    written (a YAML date or timestamp, say), is a RunnerError naming the argument."""
+    """The -p NAME VALUE pairs as a dict, each value papermill-style: YAML ('3' -> 3, '[a, b]' -> a list), anything
+    YAML cannot read a string. A repeated or malformed name, or a value papermill cannot pass as written (a YAML
+    date or timestamp, say), is a RunnerError naming the argument."""
     out = {}
     for i, (name, text) in enumerate(pairs, 1):
         where = f"-p {name} {text} (override {i})"
@@ -102,13 +97,11 @@ def check_overrides(pairs) -> dict:
             raise RunnerError(f"{where}: {name!r} is not a parameter name")
         if name in out:
             raise RunnerError(f"{where}: {name} is given twice")
-        value = parse_value(text)
-
-        def plain(v):
-            return isinstance(v, _PLAIN) or (isinstance(v, list) and all(map(plain, v))) or (
-                isinstance(v, dict) and all(isinstance(k, str) and plain(x) for k, x in v.items()))
-
-        if not plain(value):
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if not _plain(value):
             raise RunnerError(f"{where}: YAML reads this as a {type(value).__name__}; quote it to pass a string")
         out[name] = value
     return out
@@ -136,14 +129,10 @@ def _line(node, *keys) -> int:
     entry found when a key is absent)."""
     line = node.start_mark.line + 1 if node is not None else 1
     for key in keys:
-        if not isinstance(node, yaml.MappingNode):
+        found = [(k, v) for k, v in node.value if k.value == str(key)] if isinstance(node, yaml.MappingNode) else []
+        if not found:
             break
-        for k, v in node.value:
-            if k.value == str(key):
-                node, line = v, k.start_mark.line + 1
-                break
-        else:
-            break
+        line, node = found[0][0].start_mark.line + 1, found[0][1]
     return line
 
 
@@ -182,9 +171,8 @@ def load_toc(root: Path) -> dict:
     toc, node = read_yaml(path)
     if not isinstance(toc, dict) or not isinstance(toc.get("parts"), list) or not toc.get("root"):
         raise RunnerError(f"{path}:{_line(node)}: expected a mapping with 'root' and a list of 'parts'")
-    parts = node.value[[k.value for k, _ in node.value].index("parts")][1]
-    for i, part in enumerate(toc["parts"]):
-        pnode = parts.value[i]
+    parts = dict((k.value, v) for k, v in node.value)["parts"]
+    for part, pnode in zip(toc["parts"], parts.value):
         if not isinstance(part, dict) or not isinstance(part.get("chapters"), list):
             raise RunnerError(f"{path}:{pnode.start_mark.line + 1}: each part needs a list of 'chapters'")
         cnodes = dict((k.value, v) for k, v in pnode.value)["chapters"].value
@@ -236,13 +224,6 @@ def plan(root: Path, profile: str, only=(), overrides: dict | None = None) -> li
             params["profile"] = profile
         chapters.append(Chapter(stem, sources[stem], params))
     return chapters
-
-
-def _atomic_copy_tree(src: Path, dst: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}-"))
-    shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    _swap_in(tmp, dst)
 
 
 def _swap_in(new: Path, dst: Path) -> None:
@@ -353,15 +334,6 @@ def _terminate_as_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def stage_sources(root: Path, stage: Path) -> None:
-    """Copy the book's prose and config into the staging tree (executed notebooks are added by execute)."""
-    stage.mkdir(parents=True, exist_ok=True)
-    (stage / "notebooks").mkdir(exist_ok=True)
-    shutil.copy2(root / "_config.yml", stage / "_config.yml")
-    _atomic_copy_tree(root / "book", stage / "book")
-    (stage / "book" / "parameters.md").write_text(parameter_reference(root))  # generated, never committed
-
-
 def _type_name(p: dict) -> str:
     if p.get("inferred_type_name") not in (None, "None"):
         return p["inferred_type_name"]
@@ -385,10 +357,9 @@ def parameter_reference(root: Path) -> str:
         out += [f"## `{nb.name}`", "",
                 "| parameter | type | full default | quick | smoke | meaning and allowed values |",
                 "|---|---|---|---|---|---|"]
+        overrides = [profiles[k].get(nb.stem, {}) for k in ("quick", "smoke")]
         for name, p in declared_parameters(nb).items():
-            cells = [f"`{p['default']}`"] + [f"`{profiles[k].get(nb.stem, {})[name]}`"
-                                              if name in profiles[k].get(nb.stem, {}) else ""
-                                              for k in ("quick", "smoke")]
+            cells = [f"`{p['default']}`"] + [f"`{o[name]}`" if name in o else "" for o in overrides]
             help_ = p["help"].replace("|", "\\|")
             out.append(f"| `{name}` | {_type_name(p)} | {' | '.join(cells)} | {help_} |")
         out.append("")
@@ -397,39 +368,34 @@ def parameter_reference(root: Path) -> str:
 
 def results_page(root: Path, stage: Path) -> str:
     """'Results at a glance': book/headlines.yml filled in from the executed chapters' metrics JSON."""
-    spec = yaml.safe_load((root / "book" / "headlines.yml").read_text())
     out = ["# Results at a glance", "",
            "Headline numbers of every chapter, read from the executed notebooks' metrics files by the runner — none "
            "is typed by hand. *Faithful* is the original setup, *repaired* our fix, *anchor* the reference it is "
            "measured against (a ceiling, an oracle or the original's published number). Each chapter page's run "
            "header says which profile produced its numbers.", "",
            "| chapter | measure | faithful | repaired | anchor | profile |", "|---|---|---|---|---|---|"]
-    for ch in spec:
+    for ch in yaml.safe_load((root / "book" / "headlines.yml").read_text()):
         path = stage / "notebooks" / f"{ch['chapter']}{METRICS_SUFFIX}"
         metrics = json.loads(path.read_text()) if path.exists() else None
         values = (metrics or {}).get("values", {})
-        profile = ((metrics or {}).get("run") or {}).get("profile", "—")
+        profile = (metrics.get("run") or {}).get("profile", "—") if metrics else "—"
 
         def cell(c):
-            if metrics is None:
-                return "not run"
-            if c["key"] not in values or values[c["key"]] is None:
-                return f"— ({c['label']})"
-            v = values[c["key"]]
-            return f"{format(v, c['fmt']) if 'fmt' in c and not isinstance(v, str) else v} ({c['label']})"
+            v = values.get(c["key"])
+            shown = "—" if v is None else format(v, c["fmt"]) if "fmt" in c and not isinstance(v, str) else v
+            return "not run" if metrics is None else f"{shown} ({c['label']})"
 
         link = f"[{ch['title']}](../notebooks/{ch['chapter']}.ipynb)" if metrics else ch["title"]
         for row in ch["rows"]:
-            out.append(f"| {link} | {row['what']} | {cell(row['faithful'])} | {cell(row['repaired'])} | "
-                       f"{cell(row['anchor'])} | {profile if metrics else '—'} |")
+            cells = " | ".join(cell(row[k]) for k in ("faithful", "repaired", "anchor"))
+            out.append(f"| {link} | {row['what']} | {cells} | {profile} |")
     return "\n".join(out) + "\n"
 
 
 def _duration(seconds) -> str:
     if seconds is None:
         return "—"
-    seconds = float(seconds)
-    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.0f} min"
+    return f"{float(seconds):.0f} s" if float(seconds) < 600 else f"{float(seconds) / 60:.0f} min"
 
 
 def compute_page(root: Path, stage: Path) -> str:
@@ -498,16 +464,6 @@ def _unpinned(cell) -> str:
     return "\n".join(line for line in cell.source.splitlines() if not line.startswith("BOOK_REF ="))
 
 
-def header_cell(metrics: dict, wall_s: float):
-    import nbformat
-
-    run = metrics.get("run") or {}
-    versions = " · ".join(f"{k} {v}" for k, v in (run.get("versions") or {}).items())
-    text = (f"<small>Run header — profile <b>{run.get('profile')}</b> · device <b>{run.get('device')}</b> · "
-            f"seed {run.get('seed')} · {versions} · wall time {wall_s:.0f} s</small>")
-    return nbformat.v4.new_markdown_cell(text, metadata={"tags": ["run-header"]})
-
-
 def input_key(ch: Chapter, profile: str, package: Path | None = None, data: Path | None = None) -> str:
     """sha256 of everything an executed copy of ``ch`` depends on: the source's code cells (source and tags, in
     order; markdown is left out), the resolved parameters and the profile name, every file of ``package``
@@ -565,17 +521,12 @@ def unchanged_since(ch: Chapter, stage: Path, key: str) -> str | None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".part")
+    tmp = path.with_name(f".{path.name}-{os.getpid()}.part")  # one runner per folder: the pid makes it unique
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0o22)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have made
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def _tags(cell) -> list:
@@ -610,10 +561,7 @@ def refresh_prose(ch: Chapter, stage: Path) -> bool:
 
     if prose(src.cells) != prose(done.cells):
         groups = iter(groups)
-        cells = head + lead
-        for c in src.cells:
-            cells += next(groups) if c.cell_type == "code" else [c]
-        done.cells = cells
+        done.cells = head + lead + [x for c in src.cells for x in (next(groups) if c.cell_type == "code" else [c])]
         _write_atomic(final, nbformat.writes(done))
     return True
 
@@ -626,12 +574,10 @@ def execute(ch: Chapter, stage: Path, log=print, key: str | None = None) -> None
     from papermill.exceptions import PapermillExecutionError
 
     nb_dir = stage / "notebooks"
-    final = nb_dir / ch.source.name
     metrics = nb_dir / f"{ch.stem}{METRICS_SUFFIX}"
     tmp = nb_dir / f".{ch.stem}.running.ipynb"
     (nb_dir / f"{ch.stem}{KEY_SUFFIX}").unlink(missing_ok=True)
-    if metrics.exists():
-        metrics.unlink()  # a stale file must not pass for this run's output
+    metrics.unlink(missing_ok=True)  # a stale file must not pass for this run's output
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(str(ch.source), str(tmp), parameters=ch.params, cwd=str(nb_dir),
@@ -654,10 +600,14 @@ def execute(ch: Chapter, stage: Path, log=print, key: str | None = None) -> None
         return
     nb = nbformat.read(tmp, as_version=4)
     record = json.loads(metrics.read_text())
-    nb.cells.insert(0, header_cell(record, ch.wall_s))
+    run = record.get("run") or {}
+    versions = " · ".join(f"{k} {v}" for k, v in (run.get("versions") or {}).items())
+    header = (f"<small>Run header — profile <b>{run.get('profile')}</b> · device <b>{run.get('device')}</b> · "
+              f"seed {run.get('seed')} · {versions} · wall time {ch.wall_s:.0f} s</small>")
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell(header, metadata={"tags": ["run-header"]}))
     pin_book_ref(nb, (record.get("code") or {}).get("git_commit"))
     nbformat.write(nb, tmp)
-    os.replace(tmp, final)
+    os.replace(tmp, nb_dir / ch.source.name)
     if key:
         executed = datetime.datetime.now().astimezone().isoformat(sep=" ", timespec="seconds")
         _write_atomic(nb_dir / f"{ch.stem}{KEY_SUFFIX}", json.dumps(
@@ -685,13 +635,9 @@ def build_html(stage: Path, out: Path, log=print) -> Path:
 
 
 def summary(chapters: list[Chapter]) -> str:
-    lines = [f"{'chapter':28s} {'status':8s} {'wall':>8s}  detail"]
-    for c in chapters:
-        if c.status == "skipped":
-            lines.append(f"{c.stem:28s} skipped {c.detail}")
-        else:
-            lines.append(f"{c.stem:28s} {c.status:8s} {c.wall_s:7.1f}s  {c.detail}")
-    return "\n".join(lines)
+    return "\n".join([f"{'chapter':28s} {'status':8s} {'wall':>8s}  detail"] + [
+        f"{c.stem:28s} skipped {c.detail}" if c.status == "skipped" else
+        f"{c.stem:28s} {c.status:8s} {c.wall_s:7.1f}s  {c.detail}" for c in chapters])
 
 
 # glibc returns every allocation above its mmap threshold (at most 32 MB) to the OS on free, so each training
@@ -725,11 +671,7 @@ def main(argv=None) -> int:
         if (root / COMPUTE_DATA).exists():
             read_yaml(root / COMPUTE_DATA)           # and the compute page this one (optional)
         chapters = [] if args.build_only else plan(root, args.profile, args.only, overrides)
-    except RunnerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = (root / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
-    try:
+        out = Path(args.out) if Path(args.out).is_absolute() else (root / args.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
         lock = OutputLock(out).acquire()
     except (RunnerError, OSError) as e:
@@ -753,13 +695,19 @@ def _run(root: Path, out: Path, args, chapters: list[Chapter]) -> int:
     stage = out / "book"
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a killed run cleans up like Ctrl-C
     clean_leftovers(out)
-    stage_sources(root, stage)
-    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    # the book's prose and config into the staging tree (execute adds the executed notebooks)
+    (stage / "notebooks").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(root / "_config.yml", stage / "_config.yml")
+    tmp = Path(tempfile.mkdtemp(dir=stage, prefix=".book-"))
+    shutil.rmtree(tmp)
+    shutil.copytree(root / "book", tmp)
+    _swap_in(tmp, stage / "book")
+    (stage / "book" / "parameters.md").write_text(parameter_reference(root))  # generated, never committed
     os.environ[BOOK_ENV] = "1"
     # figures must reach the page: matplotlib's inline backend, whatever the caller's MPLBACKEND (CI sets Agg,
     # under which a kernel shows no figure at all)
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    for k, v in KERNEL_MALLOC.items():  # the kernels inherit these
+    for k, v in {"PYDEVD_DISABLE_FILE_VALIDATION": "1", **KERNEL_MALLOC}.items():  # the kernels inherit these
         os.environ.setdefault(k, v)
 
     try:

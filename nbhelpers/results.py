@@ -84,9 +84,7 @@ class Results:
     Besides the glued values and tables, the file records ``run`` (the run header, ``Run.as_dict()``),
     ``parameters`` (the run's parameter values: ``parameters`` if given, else those the latest
     ``params.check`` in this process accepted, ``params.last_checked``; None when there was none) and ``code``
-    (``code_version()``). A notebook needs no new call: ``params.check(...)`` then ``Results("NN_name", run)``
-    records them; ``Results("NN_name", run, parameters=P)`` with ``P`` the check's return value says it
-    explicitly."""
+    (``code_version()``). A chapter's opening call (``chapter.start``) creates it."""
 
     def __init__(self, chapter: str, run=None, parameters: dict | None = None):
         from . import params

@@ -80,12 +80,6 @@ def amp_for(device) -> torch.dtype | None:
     return None
 
 
-def bf16_fast(device) -> bool:
-    """Whether bfloat16 autocast is a real speed-up here (``amp_for(device) is torch.bfloat16``): a CUDA GPU with
-    native bf16 (Ampere or newer; a T4 only emulates it), or a CPU with AMX tiles (Sapphire Rapids or newer)."""
-    return amp_for(device) is torch.bfloat16
-
-
 def versions() -> dict[str, str]:
     import nbhelpers
 

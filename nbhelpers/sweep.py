@@ -33,8 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from .book import (_PLAIN, KERNEL_MALLOC, METRICS_SUFFIX, PROFILES, OutputLock, RunnerError, check_overrides,
-                   declared_parameters, find_root, plan)
+from .book import (KERNEL_MALLOC, METRICS_SUFFIX, PROFILES, OutputLock, RunnerError, _plain, _write_atomic,
+                   check_overrides, declared_parameters, find_root, plan)
 
 RESULTS_CSV = "results.csv"
 
@@ -85,16 +85,9 @@ def parse_grid(specs) -> dict:
     return grid
 
 
-def _plain(v) -> bool:
-    """A value papermill passes as written (the runner's rule for -p values)."""
-    return isinstance(v, _PLAIN) or (isinstance(v, list) and all(map(_plain, v))) or (
-        isinstance(v, dict) and all(isinstance(k, str) and _plain(x) for k, x in v.items()))
-
-
 def expand(grid: dict) -> list[dict]:
     """The cartesian product of the grid, in the order the names and values were given (last name fastest)."""
-    names = list(grid)
-    return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
+    return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
 
 
 def _text(value) -> str:
@@ -107,57 +100,42 @@ def _text(value) -> str:
 
 def folder_name(combo: dict) -> str:
     """``{"seed": 0, "dataset": ["spiral", "xor"]}`` -> ``seed=0,dataset=spiral+xor`` (a safe file name)."""
-    name = ",".join(f"{k}={_text(v)}" for k, v in combo.items())
-    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)
-
-
-def _check_code(source: Path):
-    """The notebook's parameters cell and the statements of the next cell up to its opening call
-    (``<chapter>.start(globals(), ...)`` or ``params.check(...)``: the imports and the check), as (parameters
-    source, check source); None where that shape is not found."""
-    import nbformat
-
-    cells = nbformat.read(source, as_version=4).cells
-    tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
-    if not tagged:
-        return None
-    code = [c for c in cells[tagged[0] + 1:] if c.cell_type == "code"]
-    if not code:
-        return None
-    try:
-        ast.parse(cells[tagged[0]].source)
-        tree = ast.parse(code[0].source)
-    except SyntaxError:  # IPython magics and the like: leave the values to the run's own check
-        return None
-    from .chapter import is_opening
-
-    for i, stmt in enumerate(tree.body):
-        if is_opening(stmt):
-            return cells[tagged[0]].source, ast.unparse(ast.Module(body=tree.body[:i + 1], type_ignores=[]))
-    return None
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(f"{k}={_text(v)}" for k, v in combo.items()))
 
 
 def precheck(source: Path, params: dict) -> str | None:
     """Run the notebook's own ``params.check`` on ``params`` (after its parameters cell's defaults), computing
-    nothing else. Returns the check's error message, or None when the values pass or the check cannot be found."""
-    code = _check_code(source)
-    if code is None:
-        return None
-    from .chapter import Checked, checking_only
+    nothing else: the parameters cell, then the statements of the next code cell up to its opening call
+    (``<chapter>.start(globals(), ...)`` or ``params.check(...)``: the imports and the check). Returns the check's
+    error message, or None when the values pass or that shape is not found."""
+    import nbformat
 
+    from .chapter import checking_only, is_opening
+
+    cells = nbformat.read(source, as_version=4).cells
+    at = next((i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])), None)
+    code = [c for c in cells[at + 1:] if c.cell_type == "code"] if at is not None else []
+    if not code:
+        return None
+    try:
+        ast.parse(cells[at].source)
+        tree = ast.parse(code[0].source)
+    except SyntaxError:  # IPython magics and the like: leave the values to the run's own check
+        return None
+    opening = next((i for i, stmt in enumerate(tree.body) if is_opening(stmt)), None)
+    if opening is None:
+        return None
+    check = ast.unparse(ast.Module(body=tree.body[:opening + 1], type_ignores=[]))
     namespace: dict = {}
     try:
-        exec(compile(code[0], f"{source.name} (parameters cell)", "exec"), namespace)
+        exec(compile(cells[at].source, f"{source.name} (parameters cell)", "exec"), namespace)
         namespace.update(params)
         with checking_only():
-            exec(compile(code[1], f"{source.name} (check cell)", "exec"), namespace)
-    except Checked:
-        return None
+            exec(compile(check, f"{source.name} (check cell)", "exec"), namespace)
     except ValueError as e:
         return str(e)
-    except Exception:  # noqa: BLE001 - a cell shaped differently: the run's own check still guards it
+    except Exception:  # noqa: BLE001 - Checked (the values passed), or a cell shaped differently: the run checks it
         return None
-    return None
 
 
 def prepare(chapter: str, profile: str, grid: dict, overrides: dict | None = None,
@@ -186,12 +164,11 @@ def prepare(chapter: str, profile: str, grid: dict, overrides: dict | None = Non
         raise RunnerError(f"{ch.stem}: unknown parameter(s) {', '.join(unknown)} (from --grid); "
                           f"valid parameters: {', '.join(declared)}")
     base = Path(out) / ch.stem
-    jobs, names = [], set()
+    jobs = []
     for combo in expand(grid):
         name = folder_name(combo)
-        if name in names:
+        if any(j.folder.name == name for j in jobs):
             raise RunnerError(f"two grid points share the run folder name {name!r}; make the values distinct")
-        names.add(name)
         params = {**ch.params, **combo}
         if check_values:
             problem = precheck(ch.source, params)
@@ -209,8 +186,7 @@ def prepare(chapter: str, profile: str, grid: dict, overrides: dict | None = Non
 
 def _last_line(text) -> str:
     """The last non-empty line of an error message (its type is prefixed by the caller)."""
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
+    return next((ln.strip() for ln in reversed(str(text).splitlines()) if ln.strip()), "")
 
 
 def execute(job: Job) -> Job:
@@ -218,8 +194,7 @@ def execute(job: Job) -> Job:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    for k, v in KERNEL_MALLOC.items():  # the kernel inherits these, as under the runner
+    for k, v in {"PYDEVD_DISABLE_FILE_VALIDATION": "1", **KERNEL_MALLOC}.items():  # the kernel inherits these
         os.environ.setdefault(k, v)
     if job.folder.exists():  # a previous run of the same grid point: start clean
         shutil.rmtree(job.folder)
@@ -234,10 +209,8 @@ def execute(job: Job) -> Job:
         job.status, job.error = "failed", f"{type(e).__name__}: {_last_line(e)}"
     else:
         metrics = job.folder / f"{job.stem}{METRICS_SUFFIX}"
-        if metrics.exists():
-            job.status = "ok"
-        else:
-            job.status, job.error = "failed", f"the notebook did not write {metrics.name} (it must call Results.save())"
+        job.status, job.error = ("ok", "") if metrics.exists() else (
+            "failed", f"the notebook did not write {metrics.name} (it must call Results.save())")
     job.wall_s = round(time.perf_counter() - t0, 2)
     return job
 
@@ -271,20 +244,14 @@ def run(chapter: str, profile: str = "quick", grid: dict | None = None, override
     with OutputLock(folder):
         log(f"[{todo[0].stem}] {len(todo)} run(s), profile {profile}, {jobs} at a time, into {folder}")
         done, t0 = [], time.perf_counter()
-        results = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")(
-            joblib.delayed(execute)(job) for job in todo)
-        for job in results:
+        for job in joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")(map(joblib.delayed(execute), todo)):
             done.append(job)
             log(f"[{job.stem} {job.folder.name}] {job.status} in {job.wall_s:.1f}s {job.error}".rstrip())
-        order = {j.folder: i for i, j in enumerate(todo)}
-        done.sort(key=lambda j: order[j.folder])
+        done.sort(key=lambda j: [t.folder for t in todo].index(j.folder))  # back in grid order
         df = table(done, folder)
-        csv = folder / RESULTS_CSV
-        tmp = csv.with_name(f".{csv.name}.tmp")
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, csv)
+        _write_atomic(folder / RESULTS_CSV, df.to_csv(index=False))
     log(f"[{todo[0].stem}] {sum(j.status == 'ok' for j in done)}/{len(done)} ok in "
-        f"{time.perf_counter() - t0:.1f}s; results: {csv}")
+        f"{time.perf_counter() - t0:.1f}s; results: {folder / RESULTS_CSV}")
     return df
 
 

@@ -34,18 +34,18 @@ def test_amp_for_cuda_follows_compute_capability(monkeypatch, capability, dtype)
     fake_cuda(monkeypatch, capability)
     assert runtime.amp_for("cuda") is dtype
     assert runtime.amp_for(torch.device("cuda", 0)) is dtype
-    assert runtime.bf16_fast("cuda") == (dtype is torch.bfloat16)
+    assert (runtime.amp_for("cuda") is torch.bfloat16) == (dtype is torch.bfloat16)
 
 
 def test_amp_for_cuda_absent_is_fp32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert runtime.amp_for("cuda") is None and not runtime.bf16_fast("cuda")
+    assert runtime.amp_for("cuda") is None and runtime.amp_for("cuda") is not torch.bfloat16
 
 
 @pytest.mark.parametrize("amx, dtype", [(True, torch.bfloat16), (False, None)])
 def test_amp_for_cpu_needs_amx(monkeypatch, amx, dtype):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    assert runtime.amp_for("cpu") is dtype and runtime.bf16_fast("cpu") == amx
+    assert runtime.amp_for("cpu") is dtype and (runtime.amp_for("cpu") is torch.bfloat16) == amx
 
 
 def test_amp_for_cpu_without_the_feature_check(monkeypatch):
@@ -54,7 +54,7 @@ def test_amp_for_cpu_without_the_feature_check(monkeypatch):
 
 
 def test_amp_for_mps_is_fp32():
-    assert runtime.amp_for("mps") is None and not runtime.bf16_fast("mps")
+    assert runtime.amp_for("mps") is None and runtime.amp_for("mps") is not torch.bfloat16
 
 
 def _data(scale=1.0, n=64):

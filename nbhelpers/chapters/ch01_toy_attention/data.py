@@ -1,9 +1,7 @@
 """NumPy ports of the TensorFlow-playground 2-D datasets (radius 6).
 
-"Label noise" offsets a point by ``U(-6, 6) * noise`` per coordinate only to
-compute its label; the stored point stays clean. Rows come grouped by class
-(the +1 part first) for the two-part generators, so shuffle before batching.
-"""
+"Label noise" offsets a point by ``U(-6, 6) * noise`` per coordinate only to compute its label; the stored point
+stays clean. Rows come grouped by class (the +1 part first) for the two-part generators, so shuffle before batching."""
 from __future__ import annotations
 
 import math
@@ -12,8 +10,7 @@ from functools import partial
 
 import numpy as np
 
-__all__ = ["DATASETS", "Task", "TASKS", "Split", "check_dataset", "generate", "make_split",
-           "bayes_ceiling", "grid"]
+__all__ = ["DATASETS", "Task", "TASKS", "Split", "check_dataset", "generate", "make_split", "bayes_ceiling", "grid"]
 
 RADIUS = 6.0
 DATASETS = ("plane", "gaussian", "two_gaussians", "spiral", "circle", "xor")
@@ -91,10 +88,6 @@ def _xor_xy(n, rng):
     return X + np.where(X >= 0, 0.3, -0.3)
 
 
-def _plane_target(P):
-    return (P[..., 0] + P[..., 1]) / (2 * RADIUS)
-
-
 _GAUSS_CENTRES = np.array([[-4, 2.5], [0, 2.5], [4, 2.5], [-4, -2.5], [0, -2.5], [4, -2.5]])
 _GAUSS_SIGNS = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
 
@@ -110,20 +103,12 @@ def _gaussian_target(P):
     return target
 
 
-def _circle_label(P):
-    return np.where((P ** 2).sum(-1) < (RADIUS / 2) ** 2, 1, -1)
-
-
-def _xor_label(P):
-    return np.where(P[..., 0] * P[..., 1] >= 0, 1, -1)
-
-
 # name -> (sampler of clean positions, target of a label-noised point)
 _LABEL_NOISE = {
-    "plane": (_uniform_xy, _plane_target),
+    "plane": (_uniform_xy, lambda P: (P[..., 0] + P[..., 1]) / (2 * RADIUS)),
     "gaussian": (_uniform_xy, _gaussian_target),
-    "circle": (_circle_xy, _circle_label),
-    "xor": (_xor_xy, _xor_label),
+    "circle": (_circle_xy, lambda P: np.where((P ** 2).sum(-1) < (RADIUS / 2) ** 2, 1, -1)),
+    "xor": (_xor_xy, lambda P: np.where(P[..., 0] * P[..., 1] >= 0, 1, -1)),
 }
 
 
@@ -163,16 +148,11 @@ _GENERATORS = {
 def generate(name, n, noise, rng_or_seed):
     """Draw ``n`` points: X float32 (n, 2); y float32 targets or int64 {0, 1} labels.
 
-    ``rng_or_seed`` is an int seed or a ``np.random.Generator`` (advanced in place).
-    """
+    ``rng_or_seed`` is an int seed or a ``np.random.Generator`` (advanced in place)."""
     check_dataset(name)
-    n = _check_int(n, "n", 2)
-    noise = _check_noise(noise)
-    rng = np.random.default_rng(rng_or_seed)
-    X, y = _GENERATORS[name](n, noise, rng)
-    if TASKS[name].kind == "regression":
-        return X.astype(np.float32), y.astype(np.float32)
-    return X.astype(np.float32), (y > 0).astype(np.int64)
+    n, noise = _check_int(n, "n", 2), _check_noise(noise)
+    X, y = _GENERATORS[name](n, noise, np.random.default_rng(rng_or_seed))
+    return X.astype(np.float32), y.astype(np.float32) if TASKS[name].kind == "regression" else (y > 0).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,14 +168,11 @@ class Split:
 def make_split(name, n_train=500, n_val=500, noise=None, seed=2024) -> Split:
     """Independent train and validation draws from one Generator (train first).
 
-    ``task`` is ``TASKS[name]`` with ``noise`` set to the noise actually used.
-    """
+    ``task`` is ``TASKS[name]`` with ``noise`` set to the noise actually used."""
     task = TASKS[check_dataset(name)]
     noise = task.noise if noise is None else _check_noise(noise)
     rng = np.random.default_rng(seed)
-    x_train, y_train = generate(name, n_train, noise, rng)
-    x_val, y_val = generate(name, n_val, noise, rng)
-    return Split(x_train, y_train, x_val, y_val, replace(task, noise=noise))
+    return Split(*generate(name, n_train, noise, rng), *generate(name, n_val, noise, rng), replace(task, noise=noise))
 
 
 # --- Bayes ceilings ---
@@ -248,15 +225,14 @@ def bayes_ceiling(name, noise=None, n=20000, mc=256, seed=0) -> float:
     """
     task = TASKS[check_dataset(name)]
     noise = task.noise if noise is None else _check_noise(noise)
-    n = _check_int(n, "n", 2)
-    mc = _check_int(mc, "mc", 2)
+    n, mc = _check_int(n, "n", 2), _check_int(mc, "mc", 2)
     rng = np.random.default_rng(seed)
     if name == "two_gaussians":
         return _two_gaussians_ceiling(noise, n, rng)
     if noise == 0:  # labels / targets are then a function of the stored point
         return 0.0 if task.kind == "regression" else 1.0
     if name == "spiral":
-        return float(_spiral_ceiling(noise, n, rng))
+        return _spiral_ceiling(noise, n, rng)
     return float(_label_noise_ceiling(name, noise, n, mc, rng))
 
 

@@ -1,8 +1,7 @@
 """Chapter 1 experiment: train Heads / tanh MLP / ReLU MLP on the six playground tasks, over seeds.
 
-The notebook opens with ``start`` and calls ``load`` / ``train_one`` / ``run_grid`` / ``summarise`` / ``glue`` and
-the figure functions below; nothing else about the experiment lives in the notebook.
-"""
+The notebook opens with ``start`` and calls ``load`` / ``train_one`` / ``run_grid`` / ``summarise`` / ``glue`` and the
+figure functions below; nothing else about the experiment lives in the notebook."""
 from __future__ import annotations
 
 import math
@@ -26,8 +25,7 @@ from ...viz import animate, plots
 GRID_LIM = 6.5
 EXTENT = (-GRID_LIM, GRID_LIM, -GRID_LIM, GRID_LIM)
 TEST_SEED = 1        # the held-out test draw of the ceiling study (the splits use 2024; any other seed is independent)
-CEILING_TOL = {"spiral": 2.0}   # points below the Bayes ceiling that count as reaching it (others: DEFAULT_TOL)
-DEFAULT_TOL = 1.0
+CEILING_TOL = {"spiral": 2.0}   # points below the Bayes ceiling that count as reaching it (others: 1.0)
 MAX_PARAMS = 200
 
 
@@ -90,8 +88,7 @@ def score(model, x, y, task: pg.Task) -> float:
 
 def grid_probe(task: pg.Task, n: int = 90):
     """A Snapshots probe: output surface and every hidden unit's map on an n x n grid (float16 to save memory)."""
-    xx, yy, pts = pg.grid(GRID_LIM, n)
-    pts = torch.as_tensor(pts)
+    pts = torch.as_tensor(pg.grid(GRID_LIM, n)[2])
 
     def probe(model):
         hid = {k: v.T.reshape(-1, n, n).numpy().astype(np.float16) for k, v in model.hidden(pts).items()}
@@ -110,8 +107,7 @@ def train_one(split: pg.Split, model_name: str, seed: int, epochs: int | None = 
               n_embd: int = 8, n_head: int = 4, batch_size: int = 64) -> ToyRun:
     """Train one model on one split with the original recipe (Adam, the task's lr and epochs, batch 64), on one CPU
     thread; ``frames`` > 0 records that many training-GIF snapshots."""
-    task = split.task
-    epochs = epochs or task.epochs
+    task, epochs = split.task, epochs or split.task.epochs
     torch.manual_seed(seed)
     model = models.build(model_name, task.n_out, n_embd=n_embd, n_head=n_head)
     xt, yt, xv, yv = tensors(split)
@@ -139,17 +135,13 @@ def run_grid(splits: dict, model_names, seeds, epochs_scale: float = 1.0, progre
     return dict(zip(jobs, training.grid(jobs, one, desc="runs", progress=progress)))
 
 
-def _scale(task: pg.Task) -> float:
-    return 100.0 if task.kind == "classification" else 1.0
-
-
 def _digits(kind: str) -> int:
     return 1 if kind == "classification" else 4
 
 
 def tolerance(dataset: str) -> float:
     """Points below the Bayes ceiling that still count as reaching it."""
-    return CEILING_TOL.get(dataset, DEFAULT_TOL)
+    return CEILING_TOL.get(dataset, 1.0)
 
 
 def summarise(runs: dict, ceilings: dict) -> pd.DataFrame:
@@ -160,7 +152,8 @@ def summarise(runs: dict, ceilings: dict) -> pd.DataFrame:
         rs = [r for (dd, mm, _), r in runs.items() if (dd, mm) == (d, m)]
         vals = np.array([r.metric for r in rs])
         task = pg.TASKS[d]
-        clf, scale = task.kind == "classification", _scale(task)
+        clf = task.kind == "classification"
+        scale = 100.0 if clf else 1.0   # accuracy in %
         rows.append({
             "dataset": d, "task": task.kind, "model_key": m, "model": models.LABELS[m], "params": rs[0].params,
             "metric": "val accuracy %" if clf else "val MSE",
@@ -235,16 +228,19 @@ def plot_datasets(splits: dict):
     return fig
 
 
+def _datasets_models(runs: dict) -> tuple[list, list]:
+    """The datasets and the models of {(dataset, model, seed): run}, each in first-seen order."""
+    return list(dict.fromkeys(k[0] for k in runs)), list(dict.fromkeys(k[1] for k in runs))
+
+
 def plot_losses(runs: dict, seed: int):
-    datasets = list(dict.fromkeys(d for d, _, _ in runs))
-    model_names = list(dict.fromkeys(m for _, m, _ in runs))
+    datasets, model_names = _datasets_models(runs)
     fig, axes = plots.panels(len(datasets), 3, size=(4.2, 3.0))
     for ax, d in zip(axes, datasets):
         for i, m in enumerate(model_names):
             df = runs[(d, m, seed)].history.df
-            color = f"C{i}"
-            ax.plot(df.step, df.train_loss.rolling(8, min_periods=1).mean(), color=color, alpha=0.45, lw=1)
-            ax.plot(df.step, df.val_loss, color=color, lw=1.6, label=models.LABELS[m])
+            ax.plot(df.step, df.train_loss.rolling(8, min_periods=1).mean(), color=f"C{i}", alpha=0.45, lw=1)
+            ax.plot(df.step, df.val_loss, color=f"C{i}", lw=1.6, label=models.LABELS[m])
         ax.set(title=d, xlabel="step", yscale="log")
     for ax in axes[::3]:
         ax.set_ylabel("loss (thin: train, thick: val)")
@@ -254,8 +250,7 @@ def plot_losses(runs: dict, seed: int):
 
 
 def plot_surfaces(runs: dict, splits: dict, seed: int, n: int = 120):
-    datasets = list(dict.fromkeys(d for d, _, _ in runs))
-    model_names = list(dict.fromkeys(m for _, m, _ in runs))
+    datasets, model_names = _datasets_models(runs)
     xx, yy, pts = pg.grid(GRID_LIM, n)
     pts = torch.as_tensor(pts)
     fig, axes = plt.subplots(len(model_names), len(datasets), figsize=(2.5 * len(datasets), 2.6 * len(model_names)),
@@ -269,10 +264,8 @@ def plot_surfaces(runs: dict, splits: dict, seed: int, n: int = 120):
                 z = predict(run.model, pts, task).numpy()
             plots.surface(ax, xx, yy, z, classification=clf, vlim=None if clf else 1.0)
             plots.points(ax, s.x_val, s.y_val, classification=clf, size=4)
-            unit = "acc" if clf else "MSE"
-            value = f"{100 * run.metric:.1f}%" if clf else f"{run.metric:.3f}"
             ax.set(xlim=EXTENT[:2], ylim=EXTENT[2:])
-            ax.set_title(f"{d}: {unit} {value}", fontsize="small")
+            ax.set_title(f"{d}: acc {100 * run.metric:.1f}%" if clf else f"{d}: MSE {run.metric:.3f}", fontsize="small")
             if c == 0:
                 ax.set_ylabel(models.LABELS[m], fontsize="small")
     fig.tight_layout()
@@ -315,11 +308,9 @@ def hidden_gif(run: ToyRun, path, fps: float = 8):
 def plot_attention(run: ToyRun, n: int = 80):
     """Heads' n_head x n_head attention weights at every point of an n x n grid over the plane (Heads runs only);
     returns (figure, weights (n * n, n_head, n_head))."""
-    xx, yy, pts = pg.grid(GRID_LIM, n)
     with torch.no_grad():
-        att = run.model.attention(torch.as_tensor(pts)).numpy()
-    H = att.shape[-1]
-    fig = plots.attention_maps(att.reshape(n, n, H, H), EXTENT,
+        att = run.model.attention(torch.as_tensor(pg.grid(GRID_LIM, n)[2])).numpy()
+    fig = plots.attention_maps(att.reshape(n, n, *att.shape[-2:]), EXTENT,
                                title=f"{run.dataset}: attention weights of each slice (query) on each slice (key)")
     return fig, att
 
@@ -353,16 +344,13 @@ class StackedHeads(torch.nn.Module):
 
     Built from S ordinary ``models.Heads`` so each member starts exactly as ``train_one`` would start it. Adam is
     element-wise and the loss is the sum of the members' losses, so training the stack is training each member on
-    its own — only faster on a CPU, where these 20-200-parameter models are all overhead.
-    """
+    its own — only faster on a CPU, where these 20-200-parameter models are all overhead."""
 
     def __init__(self, members):
         super().__init__()
         self.n_head, self.head_size = members[0].n_head, members[0].head_size
-        self.we = torch.nn.Parameter(torch.stack([m.embed.weight.detach() for m in members]).clone())
-        self.be = torch.nn.Parameter(torch.stack([m.embed.bias.detach() for m in members]).clone())
-        self.wo = torch.nn.Parameter(torch.stack([m.out.weight.detach() for m in members]).clone())
-        self.bo = torch.nn.Parameter(torch.stack([m.out.bias.detach() for m in members]).clone())
+        for name, part in (("we", "embed.weight"), ("be", "embed.bias"), ("wo", "out.weight"), ("bo", "out.bias")):
+            setattr(self, name, torch.nn.Parameter(torch.stack([m.get_parameter(part).detach() for m in members])))
 
     def forward(self, x):  # x: (S, B, 2) -> (S, B, out)
         e = torch.baddbmm(self.be[:, None], x, self.we.transpose(1, 2))
@@ -466,10 +454,8 @@ def logged_verdict(values, logged: float | None) -> str:
 def reach(values_pct, ceiling_pct: float, tol: float) -> dict:
     """Does the mean of ``values_pct`` come within ``tol`` points of the Bayes ceiling? (seeds.within; a mean above
     the ceiling, possible on a finite set, counts as reaching it.)"""
-    w = seeds_mod.within(values_pct, ceiling_pct, tol)
-    gap = -w["diff"]
-    ok = bool(np.isfinite(gap) and gap <= tol)
-    return {"gap": gap, "ok": ok, "tol": tol}
+    gap = -seeds_mod.within(values_pct, ceiling_pct, tol)["diff"]
+    return {"gap": gap, "ok": bool(np.isfinite(gap) and gap <= tol), "tol": tol}
 
 
 def reach_word(r: dict) -> str:
@@ -488,7 +474,8 @@ def faithful_sizes(splits: dict, seeds, ceilings: dict, epochs_scale: float = 1.
         task, (h, e) = split.task, ORIGINAL_SIZE[d]
         r = train_heads_stack(split, list(seeds), e, h, epochs=scaled_epochs(task, epochs_scale))
         logged_train, logged_val = ORIGINAL_LOSS.get(d, (None, None))
-        scale, clf = _scale(task), task.kind == "classification"
+        clf = task.kind == "classification"
+        scale = 100.0 if clf else 1.0
         metric = scale * r["metric"]
         rows.append({
             "dataset": d, "task": task.kind, "size": size_label(h, e), "params": r["params"],
@@ -509,12 +496,10 @@ def faithful_sizes(splits: dict, seeds, ceilings: dict, epochs_scale: float = 1.
 def glue_faithful(res, table: pd.DataFrame) -> None:
     """<dataset>_orig_size, _orig_params, _orig_loss_pm, _orig_verdict, _orig_pm, _orig_reach (classification), and
     the counts the prose needs."""
-    res.glue_rows(table, "{dataset}_orig_size", "size")
-    res.glue_rows(table, "{dataset}_orig_params", lambda r: int(r["params"]))
-    res.glue_rows(table, "{dataset}_orig_loss_pm", "val loss (ours)")
-    res.glue_rows(table, "{dataset}_orig_verdict", "verdict")
-    res.glue_rows(table, "{dataset}_orig_pm", "result")
-    res.glue_rows(table, "{dataset}_orig_reach", lambda r: r["reach"] if r["task"] == "classification" else None)
+    for key, value in (("size", "size"), ("params", lambda r: int(r["params"])), ("loss_pm", "val loss (ours)"),
+                       ("verdict", "verdict"), ("pm", "result"),
+                       ("reach", lambda r: r["reach"] if r["task"] == "classification" else None)):
+        res.glue_rows(table, f"{{dataset}}_orig_{key}", value)
     logged = table[table["val loss (original)"].notna()]
     res.glue("orig_consistent", int(logged.verdict.str.startswith("consistent").sum()))
     res.glue("orig_logged", len(logged))
@@ -591,10 +576,9 @@ def best_configs(study: pd.DataFrame, ceilings: dict, max_params: int = MAX_PARA
 
 def glue_best(res, best: pd.DataFrame) -> None:
     """<dataset>_best_config, _best_test_pm, _best_verdict, _best_gap, and the counts the prose needs."""
-    res.glue_rows(best, "{dataset}_best_config", "best config")
-    res.glue_rows(best, "{dataset}_best_test_pm", "test accuracy %")
-    res.glue_rows(best, "{dataset}_best_verdict", "verdict")
-    res.glue_rows(best, "{dataset}_best_gap", lambda r: float(r["gap"]))
+    for key, value in (("config", "best config"), ("test_pm", "test accuracy %"), ("verdict", "verdict"),
+                       ("gap", lambda r: float(r["gap"]))):
+        res.glue_rows(best, f"{{dataset}}_best_{key}", value)
     res.glue("ceiling_met", int(best.ok.sum()))
     res.glue("ceiling_total", len(best))
     res.glue("ceiling_max_params", int(best.params.max()) if len(best) else 0)

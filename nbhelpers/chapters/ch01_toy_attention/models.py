@@ -1,14 +1,15 @@
 """Chapter 1 models for 2-D points: attention across head slices ("Heads") and the MLPs it is compared with.
 
-All Linear layers start from N(0, 0.02) weights and zero biases, as in the original. Every model exposes
-``hidden(x)`` -> {layer name: (B, units)} so the book can draw per-unit maps.
-"""
+All Linear layers start from N(0, 0.02) weights and zero biases, as in the original. Every model exposes ``hidden(x)``
+-> {layer name: (B, units)} so the book can draw per-unit maps; its output layer reads the last of them."""
 from __future__ import annotations
 
 import math
 
 import torch
 from torch import nn
+
+from ...train import choose
 
 MODELS = ("heads", "mlp", "relu_mlp")
 LABELS = {"heads": "Heads (attention)", "mlp": "tanh MLP", "relu_mlp": "ReLU MLP (param-matched)"}
@@ -22,7 +23,12 @@ def init_weights(module: nn.Module) -> nn.Module:
     return module
 
 
-class Heads(nn.Module):
+class _Readout(nn.Module):
+    def forward(self, x):
+        return self.out(list(self.hidden(x).values())[-1])
+
+
+class Heads(_Readout):
     """Linear(in -> n_embd); the n_embd units are cut into n_head slices and each slice is a *token*;
     self-attention across those tokens with Q = K = V = the slice (no projections, scale 1/sqrt(slice));
     flatten; Linear(n_embd -> out). Softmax is the only nonlinearity."""
@@ -47,14 +53,10 @@ class Heads(nn.Module):
 
     def hidden(self, x):
         e, t = self._tokens(x)
-        mixed = (self.attention(x) @ t).flatten(1)
-        return {"embedding": e, "after attention": mixed}
-
-    def forward(self, x):
-        return self.out(self.hidden(x)["after attention"])
+        return {"embedding": e, "after attention": (self.attention(x) @ t).flatten(1)}
 
 
-class MLP(nn.Module):
+class MLP(_Readout):
     """Linear -> tanh -> Linear -> tanh -> Linear (the original's comparison model)."""
 
     def __init__(self, n_in: int = 2, n_embd: int = 8, n_out: int = 1):
@@ -66,11 +68,8 @@ class MLP(nn.Module):
         h1 = torch.tanh(self.fc1(x))
         return {"tanh layer 1": h1, "tanh layer 2": torch.tanh(self.fc2(h1))}
 
-    def forward(self, x):
-        return self.out(self.hidden(x)["tanh layer 2"])
 
-
-class ReLUMLP(nn.Module):
+class ReLUMLP(_Readout):
     """One hidden ReLU layer: with n_embd=8 it has exactly Heads' parameter count (the fair comparison)."""
 
     def __init__(self, n_in: int = 2, n_embd: int = 8, n_out: int = 1):
@@ -81,15 +80,9 @@ class ReLUMLP(nn.Module):
     def hidden(self, x):
         return {"relu layer": torch.relu(self.fc(x))}
 
-    def forward(self, x):
-        return self.out(self.hidden(x)["relu layer"])
-
 
 def build(name: str, n_out: int, n_embd: int = 8, n_head: int = 4, n_in: int = 2) -> nn.Module:
+    choose("model", name, MODELS)
     if name == "heads":
         return Heads(n_in, n_embd, n_head, n_out)
-    if name == "mlp":
-        return MLP(n_in, n_embd, n_out)
-    if name == "relu_mlp":
-        return ReLUMLP(n_in, n_embd, n_out)
-    raise ValueError(f"model={name!r} is not allowed; choose one of {', '.join(MODELS)}")
+    return (MLP if name == "mlp" else ReLUMLP)(n_in, n_embd, n_out)

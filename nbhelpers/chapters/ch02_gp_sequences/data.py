@@ -77,8 +77,7 @@ def pair_cov(x, s, kernel_name: str = "rbf", noise: float = 0.0, jitter: float =
     """Joint covariance of the points (x, s) of one pair (or a batch: leading dims broadcast)."""
     x, s = np.asarray(x, np.float64), np.asarray(s)
     K = kernel(kernel_name, x, x) + OFFSET_SD ** 2 * (s[..., :, None] == s[..., None, :])
-    n = x.shape[-1]
-    return K + (noise ** 2 + jitter) * np.eye(n)
+    return K + (noise ** 2 + jitter) * np.eye(x.shape[-1])
 
 
 def make_pairs(n_examples: int, n_points: int = 400, kernel_name: str = "rbf", noise: float = 0.0,
@@ -94,7 +93,6 @@ def make_pairs(n_examples: int, n_points: int = 400, kernel_name: str = "rbf", n
     if kernel_name not in KERNELS:
         raise ValueError(f"kernel={kernel_name!r} is not allowed; choose one of {', '.join(KERNELS)}")
     rng = np.random.default_rng(seed)
-    n = n_points // 2
     x = rng.uniform(X_LO, X_HI, size=(n_examples, n_points))
     is_sorted = rng.random(n_examples) < sorted_frac
     x[is_sorted] = np.sort(x[is_sorted], axis=1)
@@ -108,7 +106,7 @@ def make_pairs(n_examples: int, n_points: int = 400, kernel_name: str = "rbf", n
     raw = rng.normal(0.0, OFFSET_SD, size=(n_examples, 2))
     c = np.stack([raw.max(1), raw.min(1)], axis=1)  # flag 0 = larger offset, flag 1 = smaller (lower curve)
     # the offsets permuted over the points: n flags of each kind in a random order per example
-    s = (np.argsort(rng.random((n_examples, n_points)), axis=1) < n).astype(np.int64)
+    s = (np.argsort(rng.random((n_examples, n_points)), axis=1) < n_points // 2).astype(np.int64)
     y = f + np.where(s == 1, c[:, 1:2], c[:, 0:1])
     if noise:
         y = y + rng.normal(0.0, noise, size=y.shape)
@@ -140,15 +138,14 @@ def inference_layout(pairs: Pairs, context_p: int, pool: int, seed: int = 0) -> 
     rank0 = np.cumsum(srt.s == 0, axis=1) - 1               # rank of a series-0 point among series 0
     picked = np.zeros(srt.s.shape, bool)
     for i in range(len(picked)):
-        choice = rng.choice(pool, size=context_p, replace=False)
-        picked[i] = (srt.s[i] == 0) & np.isin(rank0[i], choice)
+        picked[i] = (srt.s[i] == 0) & np.isin(rank0[i], rng.choice(pool, size=context_p, replace=False))
     T = srt.x.shape[1]
     key = np.where(srt.s == 1, 0, np.where(picked, 1, 2)) * T + np.arange(T)  # block, then x order
     return _take(srt, np.argsort(key, axis=1), first=n + context_p)
 
 
 def inference_pairs(n: int, n_points: int, context_p: int, pool: int, seed: int, kernel_name: str = "rbf",
-               noise: float = 0.0) -> Pairs:
+                    noise: float = 0.0) -> Pairs:
     """``n`` pairs drawn (on the CPU) and put in the inference layout, both with ``seed``."""
     return inference_layout(make_pairs(n, n_points, kernel_name, noise, seed=seed), context_p, pool, seed=seed)
 
@@ -159,13 +156,12 @@ def posterior(x, s, y, observed, kernel_name: str = "rbf", noise: float = 0.0, j
     x, s, y: (n,) one pair; observed: boolean mask (n,). Returns (mean, cov) over the points where ~observed,
     for *noisy* observations of the targets (the predictive distribution of y, σ_n² included).
     """
-    observed = np.asarray(observed, bool)
+    o = np.asarray(observed, bool)
     K = pair_cov(x, s, kernel_name, noise, jitter)
-    o, t = observed, ~observed
     L = linalg.cho_factor(K[np.ix_(o, o)], lower=True)
-    Kto = K[np.ix_(t, o)]
+    Kto = K[np.ix_(~o, o)]
     mean = Kto @ linalg.cho_solve(L, np.asarray(y, np.float64)[o])
-    cov = K[np.ix_(t, t)] - Kto @ linalg.cho_solve(L, Kto.T)
+    cov = K[np.ix_(~o, ~o)] - Kto @ linalg.cho_solve(L, Kto.T)
     return mean, cov
 
 
@@ -176,22 +172,6 @@ def log_likelihood(x, s, y, observed, kernel_name: str = "rbf", noise: float = 0
     L = np.linalg.cholesky(cov)
     z = linalg.solve_triangular(L, r, lower=True)
     return float(-0.5 * z @ z - np.log(np.diag(L)).sum() - 0.5 * len(r) * math.log(2 * math.pi))
-
-
-def sequential_stats(x, s, y, first_target: int, kernel_name: str = "rbf", noise: float = 0.0,
-                     jitter: float = JITTER):
-    """The oracle's one-step-ahead predictive (mean, sd) at every position t >= first_target given points < t.
-
-    By the chain rule, the mean over targets of log N(y_t | mean_t, sd_t) equals
-    ``log_likelihood(...) / n_targets`` — the per-point number models are compared with.
-    """
-    K = pair_cov(x, s, kernel_name, noise, jitter)
-    L = np.linalg.cholesky(K)  # Cholesky of the joint: row t gives the conditional of y_t given y_<t
-    y = np.asarray(y, np.float64)
-    z = linalg.solve_triangular(L, y, lower=True)
-    sd = np.diag(L)
-    mean = y - sd * z  # y_t = mean_t + L_tt z_t
-    return mean[first_target:], sd[first_target:]
 
 
 def order_violation(x, s, y, observed, kernel_name: str = "rbf", noise: float = 0.0, jitter: float = JITTER):

@@ -8,6 +8,8 @@ Rows (``ROWS``): the faithful model, one change per cause, and the repaired mode
 from __future__ import annotations
 
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -94,13 +96,11 @@ class Config:
         if not 1 <= 2 * self.context < self.n_points:
             raise ValueError(f"parameter context={self.context} is not allowed: expected 2 * context < n_points "
                              f"({self.n_points})")
-        for h in (self.train_heads, self.infer_heads):
-            if self.embed % h:
-                raise ValueError(f"parameter embed={self.embed} is not allowed: expected a multiple of the "
-                                 f"{h} heads of the faithful model")
-        if self.width % self.heads:
-            raise ValueError(f"parameter width={self.width} is not allowed: expected a multiple of the "
-                             f"{self.heads} heads")
+        for name, value, h, of in (("embed", self.embed, self.train_heads, " of the faithful model"),
+                                   ("embed", self.embed, self.infer_heads, " of the faithful model"),
+                                   ("width", self.width, self.heads, "")):
+            if value % h:
+                raise ValueError(f"parameter {name}={value} is not allowed: expected a multiple of the {h} heads{of}")
 
 
 def config(p: dict) -> Config:
@@ -160,29 +160,31 @@ def _by_x(inp):
     return _gather(inp, torch.argsort(inp[..., 0], dim=1, stable=True))
 
 
+def _by_block(srt: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """``srt`` reordered by ``block`` (per row), keeping the order within a block."""
+    T = srt.shape[1]
+    return _gather(srt, torch.argsort(block * T + torch.arange(T), dim=1))
+
+
 def seen_then_rest(inp: torch.Tensor, seen: int, context: int):
     """The original's ``rearange_tr_2d``: sorted by x, the lowest 2·context points (both series), then the rest of
     series ``seen``, then the rest of the other series (the targets). Returns (inp, first target index per row)."""
     srt = _by_x(inp)
-    T = srt.shape[1]
-    pos = torch.arange(T)
+    pos = torch.arange(srt.shape[1])
     block = torch.where(pos < 2 * context, 0, torch.where(srt[..., 1] == seen, 1, 2))
-    first = 2 * context + ((pos >= 2 * context) & (srt[..., 1] == seen)).sum(1)
-    return _gather(srt, torch.argsort(block * T + pos, dim=1)), first
+    return _by_block(srt, block), 2 * context + ((pos >= 2 * context) & (srt[..., 1] == seen)).sum(1)
 
 
 def infer_layout(inp: torch.Tensor, context_p: int, pool: int, gen: torch.Generator):
     """``data.inference_layout`` for a batch tensor, the context points drawn afresh per example."""
     srt = _by_x(inp)
-    T = srt.shape[1]
     is0 = srt[..., 1] == 0
     rank0 = (is0.long().cumsum(1) - 1).clamp(min=0)
     pick = torch.zeros(len(inp), pool, dtype=torch.bool)
     pick.scatter_(1, torch.argsort(torch.rand(len(inp), pool, generator=gen), 1)[:, :context_p], True)
     picked = is0 & (rank0 < pool) & torch.gather(pick, 1, rank0.clamp(max=pool - 1))
     block = torch.where(~is0, 0, torch.where(picked, 1, 2))
-    first = torch.full((len(inp),), T // 2 + context_p)
-    return _gather(srt, torch.argsort(block * T + torch.arange(T), dim=1)), first
+    return _by_block(srt, block), torch.full((len(inp),), srt.shape[1] // 2 + context_p)
 
 
 def arrange(raw: torch.Tensor, regime: str, cfg: Config, gen: torch.Generator):
@@ -194,9 +196,7 @@ def arrange(raw: torch.Tensor, regime: str, cfg: Config, gen: torch.Generator):
     shuffle, and the raw order;
     infer: the inference layout (series 1 seen, context_p of series 0 from its lowest ``pool``).
     Returns (inp, first target index per row)."""
-    if regime not in REGIMES:
-        raise ValueError(f"regime={regime!r} is not allowed; choose one of {', '.join(REGIMES)}")
-    B, T, _ = raw.shape
+    training.choose("regime", regime, REGIMES)
     if regime == "infer":
         return infer_layout(raw, cfg.context_p, cfg.pool, gen)
     p = float(torch.rand((), generator=gen))
@@ -204,10 +204,9 @@ def arrange(raw: torch.Tensor, regime: str, cfg: Config, gen: torch.Generator):
         return seen_then_rest(raw, 1 if p <= 0.5 else 0, cfg.context)
     if regime == "half_half" and p <= 0.5:
         return seen_then_rest(raw, 1 if p <= 0.25 else 0, cfg.context)
-    out = raw
     if regime == "shuffle" or p <= 0.75:
-        out = raw[:, torch.randperm(T, generator=gen)]
-    return out, torch.full((B,), cfg.context)
+        raw = raw[:, torch.randperm(raw.shape[1], generator=gen)]
+    return raw, torch.full((len(raw),), cfg.context)
 
 
 class Batches:
@@ -278,9 +277,8 @@ class RolloutProbe:
 
     def __call__(self, model):
         faithful = isinstance(model, models.Faithful)
-        heads = model.heads if faithful else None
         if faithful:
-            model.heads = self.cfg.infer_heads
+            heads, model.heads = model.heads, self.cfg.infer_heads
         try:
             pred, sd = rollout(model, torch.as_tensor(self.pair), self.cfg.first)
         finally:
@@ -303,17 +301,17 @@ def train_one(label: str, train_pairs: data.Pairs, val_pairs: data.Pairs, cfg: C
     model = build(row, cfg).to(device)
     per_interval = max(1, cfg.steps // cfg.evals)
     intervals = max(1, cfg.steps // per_interval)
-    batches = Batches(train_pairs, row.regime, cfg, per_interval, seed)
     val = Batches(val_pairs, row.regime, cfg, 1, seed + 1).batch(torch.arange(min(256, len(val_pairs.x))))
-    vin, vt = val[0].to(device), val[1].to(device)
+    vin, vt = (t.to(device) for t in val)
     loss, nll = models.masked_loss(row.loss), models.masked_loss("exact")
     snaps = None
     if snap is not None:
         snaps = training.Snapshots(RolloutProbe(snap.pair, cfg), training.even_steps(per_interval * intervals,
                                                                                      snap.frames))
         snaps.start(model)
-    hist = training.fit(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), batches, loss,
-                        epochs=intervals, device=device, progress=False, on_step=snaps,
+    hist = training.fit(model, torch.optim.Adam(model.parameters(), lr=cfg.lr),
+                        Batches(train_pairs, row.regime, cfg, per_interval, seed), loss, epochs=intervals,
+                        device=device, progress=False, on_step=snaps,
                         evaluate=lambda m: {"val_loss": float(loss(m(vin), vt)), "val_nll": float(nll(m(vin), vt))},
                         desc=label)
     return Trained(label=label, seed=seed, model=model.eval(), history=hist, params=training.count_params(model),
@@ -339,9 +337,6 @@ def run_grid(keys, train_pairs: data.Pairs, val_pairs: data.Pairs, cfg: Config, 
     jobs = [(k, s, snap if snap is not None and snap.wants(k, s) else None) for s in seeds for k in keys
             if ROWS[k].trains]
     if workers > 1 and str(device) == "cpu" and len(jobs) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         _SHARED.update(train=train_pairs, val=val_pairs)
         try:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -352,10 +347,7 @@ def run_grid(keys, train_pairs: data.Pairs, val_pairs: data.Pairs, cfg: Config, 
     else:
         runs = training.grid(jobs, lambda k, s, sn: train_one(k, train_pairs, val_pairs, cfg, s, device, sn),
                              desc="models", progress=progress)
-    out = {s: {} for s in seeds}
-    for r in runs:
-        out[r.seed][r.label] = r
-    return out
+    return {s: {r.label: r for r in runs if r.seed == s} for s in seeds}
 
 
 def has_row(trained: dict, key: str) -> bool:
@@ -390,22 +382,15 @@ def rollout(model, inp: torch.Tensor, first: int, sample: bool = False, seed: in
     gen = torch.Generator(device=dev).manual_seed(seed)
     preds, sds = [], []
     for i in range(0, len(inp), batch):
-        cur = inp[i:i + batch].clone().to(dev)
-        ys, ss = [], []
+        cur, ss = inp[i:i + batch].clone().to(dev), []
         for t in range(first, cur.shape[1]):
             out = model(cur[:, :t + 1])[:, t]  # causal: row t depends on points < t only
             mu, sd = out[:, 0], out[:, 1].exp()
-            yt = mu + sd * torch.randn(mu.shape, generator=gen, device=dev) if sample else mu
-            cur[:, t, 2] = yt
-            ys.append(yt)
+            cur[:, t, 2] = mu + sd * torch.randn(mu.shape, generator=gen, device=dev) if sample else mu
             ss.append(sd)
-        preds.append(torch.stack(ys, 1).cpu())
+        preds.append(cur[:, first:, 2].cpu())
         sds.append(torch.stack(ss, 1).cpu())
     return torch.cat(preds).numpy(), torch.cat(sds).numpy()
-
-
-def gauss_loglik(y, mu, sd):
-    return -0.5 * ((y - mu) / sd) ** 2 - np.log(sd) - 0.5 * math.log(2 * math.pi)
 
 
 def seen_at(test: data.Pairs, x) -> np.ndarray:
@@ -442,7 +427,8 @@ def evaluate(model, row: Row, test: data.Pairs, cfg: Config) -> dict:
 def target_loglik(model, test: data.Pairs, cfg: Config) -> float:
     """Mean over target points of log N(y_t | μ_t, σ_t), teacher-forced (= the chain rule of the joint)."""
     out = teacher_forced(model, to_tensor(test))[:, cfg.first:]
-    return float(gauss_loglik(test.y[:, cfg.first:], out[..., 0], np.exp(out[..., 1])).mean())
+    y, mu, sd = test.y[:, cfg.first:], out[..., 0], np.exp(out[..., 1])
+    return float((-0.5 * ((y - mu) / sd) ** 2 - np.log(sd) - 0.5 * math.log(2 * math.pi)).mean())
 
 
 def baseline(test: data.Pairs, cfg: Config) -> dict:
@@ -460,26 +446,18 @@ def oracle(test: data.Pairs, cfg: Config, noise: float = 0.0, loglik: bool = Fal
 
     ``loglik`` (noisy pairs): mean per-point log p(y_targets | observed). Also the flag-convention check: the mean
     probability the Gaussian posterior puts on c0 < c1 and the mean bound on what knowing c0 > c1 could add."""
-    first, kern = cfg.first, test.kernel
-    T = test.x.shape[1]
-    obs = np.arange(T) < first
-    means, sds, lls, viol, bound = [], [], [], [], []
-    for x, s, y in zip(test.x, test.s, test.y):
-        m, c = data.posterior(x, s, y, obs, kern, noise)
-        means.append(m)
-        sds.append(np.sqrt(np.clip(np.diag(c), 0, None)))
-        if loglik:
-            lls.append(data.log_likelihood(x, s, y, obs, kern, noise) / (T - first))
-        p, b = data.order_violation(x, s, y, obs, kern, noise)
-        viol.append(p)
-        bound.append(b / (T - first))
-    mean, sd = np.array(means), np.array(sds)
-    y = test.y[:, first:]
-    out = {"mean": mean, "sd": sd, **first_step_stats(mean[:, 0], test, first),
-           "rollout_rmse": float(np.sqrt(((mean - y) ** 2).mean())), "tf_r2": float("nan"),
-           "order_violation": float(np.mean(viol)), "order_bound_per_point": float(np.mean(bound))}
-    out["loglik"] = float(np.mean(lls)) if loglik else float("nan")
-    return out
+    first, kern, pairs = cfg.first, test.kernel, list(zip(test.x, test.s, test.y))
+    n_t = test.x.shape[1] - first
+    obs = np.arange(test.x.shape[1]) < first
+    post = ((m, np.sqrt(np.clip(np.diag(c), 0, None))) for m, c in
+            (data.posterior(x, s, y, obs, kern, noise) for x, s, y in pairs))
+    mean, sd = (np.array(a) for a in zip(*post))
+    viol, bound = zip(*(data.order_violation(x, s, y, obs, kern, noise) for x, s, y in pairs))
+    lls = [data.log_likelihood(x, s, y, obs, kern, noise) / n_t for x, s, y in pairs] if loglik else []
+    return {"mean": mean, "sd": sd, **first_step_stats(mean[:, 0], test, first),
+            "rollout_rmse": float(np.sqrt(((mean - test.y[:, first:]) ** 2).mean())), "tf_r2": float("nan"),
+            "order_violation": float(np.mean(viol)), "order_bound_per_point": float(np.mean([b / n_t for b in bound])),
+            "loglik": float(np.mean(lls)) if loglik else float("nan")}
 
 
 # ---------------------------------------------------------------- tables over seeds
@@ -490,10 +468,8 @@ def runs_table(clean: dict, noisy: dict, test: data.Pairs, noisy_test: data.Pair
     it was not trained on noisy pairs)."""
     lines = []
     for seed, trained in clean.items():
-        for key in keys or ROWS:
+        for key in [k for k in keys or ROWS if has_row(trained, k)]:
             row = ROWS[key]
-            if not has_row(trained, key):
-                continue
             m = evaluate(for_row(trained, key, cfg), row, test, cfg)
             src = noisy.get(seed, {})
             m["loglik"] = (target_loglik(for_row(src, key, cfg), noisy_test, cfg)
@@ -557,9 +533,7 @@ def causes_table(summ: pd.DataFrame) -> pd.DataFrame:
     difference, the share of the faithful model's excess over the oracle it removes, and the verdict."""
     base, floor = summ.loc["faithful"], summ.loc["oracle"]
     lines = []
-    for key in ABLATIONS:
-        if key not in summ.index:
-            continue
+    for key in [k for k in ABLATIONS if k in summ.index]:
         m = ROWS[key].decide_on
         c = compare(base, summ.loc[key], m, floor=float(floor[m]))
         lines.append({"key": key, "cause": ROWS[key].cause, "metric": m,
@@ -610,12 +584,8 @@ COLUMNS = {"model": "model", "cause": "cause ablated", "first_step": "first step
 
 def display_table(summ: pd.DataFrame, columns=COLUMNS) -> pd.DataFrame:
     """The summary as mean ± sd strings for reading."""
-    out = pd.DataFrame({"model": summ["model"], "cause ablated": summ["cause"], "seeds": summ["n_seeds"]})
-    for c, name in columns.items():
-        if c in ("model", "cause"):
-            continue
-        out[name] = [pm(r, c) for _, r in summ.iterrows()]
-    return out
+    cells = {name: [pm(r, c) for _, r in summ.iterrows()] for c, name in columns.items() if c not in ("model", "cause")}
+    return pd.DataFrame({"model": summ["model"], "cause ablated": summ["cause"], "seeds": summ["n_seeds"], **cells})
 
 
 def glue(res, summ: pd.DataFrame, row: str = "{key}") -> None:
@@ -713,8 +683,7 @@ def plot_rollouts(trained: dict, test: data.Pairs, cfg: Config, oracle_out: dict
         _panel(ax, test, index, cfg, pred, samples, band, base, row.label)
     _panel(axes[len(keys)], test, index, cfg, pred=band[0], band=band, base=base,
            title="GP oracle: posterior mean ± 2σ")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize="small", frameon=False)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
@@ -730,14 +699,12 @@ def rollout_gif(trained: dict, test: data.Pairs, cfg: Config, oracle_out: dict, 
         raise ValueError("no row recorded training frames: train them with run_grid(..., snap=snap_spec(...))")
     at = {k: trained[k].snapshots.at for k in keys}
     preds = {k: [pred for pred, _ in trained[k].snapshots.frames] for k in keys}
-    first = cfg.first
     mean, sd = oracle_out["mean"][index], oracle_out["sd"][index]
-    y, y0 = test.y[index], test.y[index, first]
+    y, y0 = test.y[index], test.y[index, cfg.first]
     lo, hi = min(y.min(), (mean - 2 * sd).min()), max(y.max(), (mean + 2 * sd).max())
     pad = 0.2 * (hi - lo)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.9), dpi=dpi, sharey=True, squeeze=False)
-    lines, dots = [], []
-    x0 = test.x[index, first]
+    lines, dots, x0 = [], [], test.x[index, cfg.first]
     for ax, k in zip(axes[0], keys):
         _panel(ax, test, index, cfg, pred=preds[k][0], band=(mean, sd))
         lines.append(ax.lines[-1])  # the mean rollout, drawn last
@@ -745,11 +712,9 @@ def rollout_gif(trained: dict, test: data.Pairs, cfg: Config, oracle_out: dict, 
                             label="first step")[0])
         ax.set(ylim=(lo - pad, hi + pad), xlabel="x")
     axes[0, 0].set_ylabel("y")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize="small", frameon=False)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize="small", frameon=False)
     sup = fig.suptitle(" ", fontsize="medium")
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    count = max(len(at[k]) for k in keys)
     total = max(int(at[k][-1]) for k in keys)
 
     def update(i):
@@ -761,7 +726,7 @@ def rollout_gif(trained: dict, test: data.Pairs, cfg: Config, oracle_out: dict, 
         step = max(int(at[k][min(i, len(at[k]) - 1)]) for k in keys)
         sup.set_text(f"mean rollout of one test pair · training step {step:,} of {total:,}")
 
-    return animate.write_gif(animate.render(fig, update, count), path, fps=fps)
+    return animate.write_gif(animate.render(fig, update, max(len(at[k]) for k in keys)), path, fps=fps)
 
 
 def plot_drop(trained: dict, test: data.Pairs, cfg: Config, oracle_out: dict, base_out: dict,
@@ -772,9 +737,7 @@ def plot_drop(trained: dict, test: data.Pairs, cfg: Config, oracle_out: dict, ba
     gap = test.c[:, 0] - test.c[:, 1]
     y0 = test.y[:, cfg.first]
     inp = to_tensor(test)
-    for key in keys:
-        if not has_row(trained, key):
-            continue
+    for key in [k for k in keys if has_row(trained, k)]:
         pred = teacher_forced(for_row(trained, key, cfg), inp)[:, cfg.first, 0]  # the first step is the same either way
         ax.scatter(gap, pred - y0, s=8, alpha=0.6, label=ROWS[key].label)
     ax.scatter(gap, base_out["mean"][:, 0] - y0, s=8, alpha=0.6, marker="x", color=BASE, label="baseline")

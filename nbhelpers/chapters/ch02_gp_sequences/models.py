@@ -22,8 +22,7 @@ LEAK = 0.2  # tf.nn.leaky_relu's default slope (PyTorch's default is 0.01)
 
 def x_index(x: torch.Tensor) -> torch.Tensor:
     """The original's embedding index of x (about 280-480 for x in [5, 15))."""
-    pos = torch.ceil((x - GRID_LO) / GRID_STEP - 1e-9).long().clamp(0, GRID_N - 1)
-    return INDEX_OFFSET + pos
+    return INDEX_OFFSET + torch.ceil((x - GRID_LO) / GRID_STEP - 1e-9).long().clamp(0, GRID_N - 1)
 
 
 def causal_mask(T: int, device=None, strict: bool = True) -> torch.Tensor:
@@ -44,8 +43,7 @@ def nearest_same_series(inp: torch.Tensor) -> torch.Tensor:
     x, s, y = inp[..., 0], inp[..., 1], inp[..., 2]
     ok = causal_mask(x.shape[1], x.device) & (s[:, :, None] == s[:, None, :])
     d = (x[:, :, None] - x[:, None, :]).abs().masked_fill(~ok, float("inf"))
-    j = d.argmin(-1)
-    return torch.gather(y, 1, j) * ok.any(-1)
+    return torch.gather(y, 1, d.argmin(-1)) * ok.any(-1)
 
 
 def twin_baseline(inp: torch.Tensor) -> torch.Tensor:
@@ -58,8 +56,7 @@ def twin_baseline(inp: torch.Tensor) -> torch.Tensor:
     nothing of the other series has been seen yet.
     """
     x, s, y = inp[..., 0], inp[..., 1], inp[..., 2]
-    B, T = x.shape
-    before = causal_mask(T, x.device)
+    before = causal_mask(x.shape[1], x.device)
     other = before & (s[:, :, None] != s[:, None, :])
     dx = x[:, None, :] - x[:, :, None]  # (B, t, j): x_j - x_t
     left, right = other & (dx <= 0), other & (dx >= 0)
@@ -115,20 +112,18 @@ class Faithful(nn.Module):
         """(B, H, T, T) scaled scores q·k / √depth per head, before the ReLU and the mask."""
         if self.embed % self.heads:
             raise ValueError(f"embed={self.embed} must be divisible by heads={self.heads}")
-        x, s = inp[..., 0], inp[..., 1].long()
-        e = self.emb(x_index(x))
+        e = self.emb(x_index(inp[..., 0]))
         if self.series_qk:
-            e = e + self.emb(s)
+            e = e + self.emb(inp[..., 1].long())
         q, k = self._split(self.q(e)), self._split(self.k(e))
         return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
 
     def head_weights(self, inp: torch.Tensor) -> torch.Tensor:
         """(B, H, T, T) attention weights per head: row t over the points j < t; row 0 is all zero."""
-        x = inp[..., 0]
         scores = self.scores(inp)
         if not self.no_relu:
             scores = F.relu(scores)
-        mask = causal_mask(x.shape[1], x.device)
+        mask = causal_mask(inp.shape[1], inp.device)
         return torch.softmax(scores.masked_fill(~mask, -1e9), dim=-1) * mask
 
     def attention(self, inp: torch.Tensor) -> torch.Tensor:
@@ -210,18 +205,15 @@ class Repaired(nn.Module):
                 self.out[-1].bias[0].zero_()
 
     def features(self, x, s):
-        xc = (x - 10.0) / 5.0
         ang = x[..., None] * self.freqs
-        return torch.cat([xc[..., None], ang.sin(), ang.cos(), F.one_hot(s, 2).to(x.dtype)], -1)
+        return torch.cat([((x - 10.0) / 5.0)[..., None], ang.sin(), ang.cos(), F.one_hot(s, 2).to(x.dtype)], -1)
 
     def _streams(self, inp):
         x, s, y = inp[..., 0], inp[..., 1].long(), inp[..., 2:3]
         f = self.features(x, s)
         ctx = torch.cat([self.null.expand(len(x), 1, -1), self.ctx_in(torch.cat([f, y], -1))], 1)  # T + 1
-        T = x.shape[1]
-        ctx_mask = causal_mask(T + 1, x.device, strict=False)   # context position p sees positions <= p
-        qry_mask = causal_mask(T + 1, x.device, strict=False)[:-1]  # query t sees null + points < t
-        return ctx, self.qry_in(f), ctx_mask, qry_mask
+        mask = causal_mask(x.shape[1] + 1, x.device, strict=False)  # context position p sees positions <= p
+        return ctx, self.qry_in(f), mask, mask[:-1]  # query t sees null + points < t
 
     def forward(self, inp):
         if self.training and self.self_feed:
@@ -229,27 +221,27 @@ class Repaired(nn.Module):
                 y = self._predict(inp)[..., 0]
             cut = torch.randint(0, inp.shape[1], (len(inp), 1), device=inp.device)
             pick = (inp[..., 1] == 0) & (torch.arange(inp.shape[1], device=inp.device) >= cut)
-            inp = inp.clone()
-            inp[..., 2] = torch.where(pick, y, inp[..., 2])
+            inp = torch.cat([inp[..., :2], torch.where(pick, y, inp[..., 2])[..., None]], -1)
         return self._predict(inp)
 
-    def _predict(self, inp):
+    def _queries(self, inp, last_weights: bool = False):
+        """The query stream after every block, or (``last_weights``) the last block's attention weights."""
         ctx, qry, ctx_mask, qry_mask = self._streams(inp)
-        for cb, qb in zip(self.ctx_blocks, self.qry_blocks):
+        for i, (cb, qb) in enumerate(zip(self.ctx_blocks, self.qry_blocks)):
+            if last_weights and i == len(self.qry_blocks) - 1:
+                return qb.weights(qry, ctx, qry_mask)
             qry = qb(qry, ctx, qry_mask)
             ctx = cb(ctx, ctx, ctx_mask)
-        out = self.out(qry)
+        return qry
+
+    def _predict(self, inp):
+        out = self.out(self._queries(inp))
         mu = out[..., 0] + (twin_baseline(inp) if self.on_baseline else 0.0)
         return torch.stack([mu, out[..., 1].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)], -1)
 
     def attention(self, inp) -> torch.Tensor:
         """(B, T, T) last-layer query attention over the points j < t, averaged over heads (null token dropped)."""
-        ctx, qry, ctx_mask, qry_mask = self._streams(inp)
-        for i, (cb, qb) in enumerate(zip(self.ctx_blocks, self.qry_blocks)):
-            if i == len(self.qry_blocks) - 1:
-                return qb.weights(qry, ctx, qry_mask).mean(1)[..., 1:]
-            qry = qb(qry, ctx, qry_mask)
-            ctx = cb(ctx, ctx, ctx_mask)
+        return self._queries(inp, last_weights=True).mean(1)[..., 1:]
 
 
 # ---------------------------------------------------------------- losses (per point; the caller masks/averages)
@@ -272,8 +264,7 @@ def masked_loss(kind: str):
     fn = LOSSES[kind]
 
     def loss(out, tgt):
-        per = fn(out[..., 0], out[..., 1], tgt[..., 0])
         m = tgt[..., 1]
-        return (per * m).sum() / m.sum().clamp_min(1)
+        return (fn(out[..., 0], out[..., 1], tgt[..., 0]) * m).sum() / m.sum().clamp_min(1)
 
     return loss

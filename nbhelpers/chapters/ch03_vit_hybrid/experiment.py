@@ -64,17 +64,14 @@ SQRT_D_DIMS = dict(depth=1, heads=8, dim_head=16, mlp_dim=512, dropout=0.1, emb_
 SHAPES = {"mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100)}
 ORIGINAL_SCALE = {"with": 97.15, "without": 97.14}  # the second original's result, 50 epochs (docs/originals.md)
 
-# max test accuracy (%) of the original's tables (docs/originals.md, chapter 3), by (transformer size, epochs)
+# max test accuracy (%) of the original's tables (docs/originals.md, chapter 3): (transformer size, epochs) ->
+# model -> dataset; each row below lists V.MODELS (cnn, vit, deepvit, hybrid) on (mnist, cifar10, cifar100)
 _T = ("mnist", "cifar10", "cifar100")
-_CNN15 = dict(zip(_T, (98.70, 57.39, 22.38)))
-ORIGINAL_TABLES = {
-    ("small", 1): {"cnn": dict(zip(_T, (97.05, 57.78, 22.05))), "vit": dict(zip(_T, (97.87, 51.0, 19.72))),
-                   "deepvit": dict(zip(_T, (97.6, 48.03, 17.89))), "hybrid": dict(zip(_T, (99.2, 69.52, 34.97)))},
-    ("base12", 15): {"cnn": _CNN15, "vit": dict(zip(_T, (98.87, 58.70, 32.87))),
-                     "deepvit": dict(zip(_T, (98.54, 55.71, 29.32))), "hybrid": dict(zip(_T, (99.37, 73.02, 45.87)))},
-    ("base6", 15): {"cnn": _CNN15, "vit": dict(zip(_T, (98.81, 58.78, 32.32))),
-                    "deepvit": dict(zip(_T, (98.73, 56.07, 29.71))), "hybrid": dict(zip(_T, (99.35, 73.17, 46.11)))},
-}
+ORIGINAL_TABLES = {key: {m: dict(zip(_T, v)) for m, v in zip(V.MODELS, rows)} for key, rows in {
+    ("small", 1): ((97.05, 57.78, 22.05), (97.87, 51.0, 19.72), (97.6, 48.03, 17.89), (99.2, 69.52, 34.97)),
+    ("base12", 15): ((98.70, 57.39, 22.38), (98.87, 58.70, 32.87), (98.54, 55.71, 29.32), (99.37, 73.02, 45.87)),
+    ("base6", 15): ((98.70, 57.39, 22.38), (98.81, 58.78, 32.32), (98.73, 56.07, 29.71), (99.35, 73.17, 46.11)),
+}.items()}
 TOLERANCE = {"mnist": 0.5, "cifar10": 2.0, "cifar100": 2.0}   # "within noise" of a published number (points)
 FULL_SIZE = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000)}
 TARGETS = {"mnist": 99.5, "cifar10": 93.0, "cifar100": 72.0}   # the repaired recipe's full-profile targets
@@ -176,9 +173,9 @@ class TimedCalls(torch.nn.Module):
     """Wraps a model and records the wall time of every call, unsynchronised — the original's timer around
     ``model(data)`` on each 1000-image test batch (on a GPU it mostly times the kernel launches)."""
 
-    def __init__(self, model: torch.nn.Module, times: list):
+    def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.model, self.times = model, times
+        self.model, self.times = model, []
 
     def forward(self, x):
         t0 = time.perf_counter()
@@ -212,13 +209,6 @@ def with_tta(model: torch.nn.Module, recipe: Recipe, dataset: str) -> torch.nn.M
     if not recipe.tta or (recipe.tta == 1 and dataset == "mnist"):
         return model
     return TTA(model, recipe.tta, mirror=dataset != "mnist")
-
-
-def accuracy(model, x_uint8: torch.Tensor, y: torch.Tensor, batches: images.DeviceBatches, batch: int = 1000,
-             amp: torch.dtype | None = None) -> float:
-    """Test accuracy on uint8 images, normalised like the training batches (autocast to ``amp`` when given)."""
-    return training.classifier_metrics(model, x_uint8, y, lambda xb: batches.normalise(xb.float().div(255)), batch,
-                                       amp)["acc"]
 
 
 def stats_for(recipe: Recipe, data: images.ImageData) -> tuple:
@@ -321,16 +311,15 @@ class Lookahead:
 def train_one(data: images.ImageData, model_name: str, recipe: Recipe, epochs: int, device, seed: int = 0,
               bug_compatible: bool = True, scaled: bool = True, label: str | None = None,
               progress: bool = False, on_step=None, checkpoints: str = "", **dims) -> VisionRun:
-    """Train one model with one recipe; test accuracy after every epoch, and with the recipe's test-time
-    augmentation after the last one.
+    """Train one model with one recipe; test accuracy after every epoch, and with the recipe's test-time augmentation
+    after the last one.
 
     The curve also records each epoch's training seconds (test pass excluded); ``ms_unsynced`` is the original's
     timing: the mean over every 1000-image test batch of every epoch of an unsynchronised ``model(data)`` call. A
     model with ``init_whitening`` (the repaired family) has its whitening filters set from the first 5,000 training
-    images, and its whitening bias trains for the first 3 epochs only (airbench). ``on_step(step, model)`` is
-    called after every optimiser step (a ``train.Snapshots`` is kept as the run's ``snapshots``). ``checkpoints``:
-    a folder where the run saves itself every epoch and resumes from when started again
-    (``train.checkpoint_file``)."""
+    images, and its whitening bias trains for the first 3 epochs only (airbench). ``on_step(step, model)`` is called
+    after every optimiser step (a ``train.Snapshots`` is kept as the run's ``snapshots``). ``checkpoints``: a folder
+    where the run saves itself every epoch and resumes from when started again (``train.checkpoint_file``)."""
     torch.manual_seed(seed)
     device = torch.device(device)
     model = V.build(model_name, data.shape, data.num_classes, bug_compatible=bug_compatible, **dims).to(device)
@@ -338,29 +327,30 @@ def train_one(data: images.ImageData, model_name: str, recipe: Recipe, epochs: i
         V.set_attention_scale(model, scaled=False)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    stats = stats_for(recipe, data)
-    train = images.DeviceBatches(data.x_train, data.y_train, recipe.batch_size, device, stats,
+    train = images.DeviceBatches(data.x_train, data.y_train, recipe.batch_size, device, stats_for(recipe, data),
                                  augment_for(data.name, recipe.augment), seed=seed)
     if hasattr(model, "init_whitening"):
         model.init_whitening(train.normalise(images.as_nchw(data.x_train[:5000], device).float().div(255)))
-    x_test = images.as_nchw(data.x_test, device)
-    y_test = torch.as_tensor(data.y_test).to(device)
+    x_test, y_test = images.as_nchw(data.x_test, device), torch.as_tensor(data.y_test).to(device)
     total = epochs * len(train)
     opt = optimizer_for(model, recipe)
     # max_lr and pct_start are one-cycle's; the other schedules take no arguments
     sched, per = training.schedule(recipe.schedule, opt, total, max_lr=recipe.lr, pct_start=recipe.pct_start)
     amp = runtime.amp_for(device) if recipe.amp else None
-    call_ms: list = []
-    timed = TimedCalls(model, call_ms)
+    timed = TimedCalls(model)
     tta = with_tta(model, recipe, data.name) if recipe.tta else None
     hooks = StepHooks(getattr(getattr(model, "whiten", None), "bias", None), 3 * len(train),
                       [Lookahead(len(train), total) if recipe.lookahead else None, on_step])
 
+    def accuracy(m):   # on the uint8 test images, normalised like the training batches, autocast to amp if given
+        return training.classifier_metrics(m, x_test, y_test, lambda xb: train.normalise(xb.float().div(255)),
+                                           recipe.eval_batch, amp)["acc"]
+
     def evaluate(m):
         t0 = time.perf_counter()
-        row = {"test_acc": accuracy(timed, x_test, y_test, train, batch=recipe.eval_batch, amp=amp)}
+        row = {"test_acc": accuracy(timed)}
         if tta is not None and hooks.step == total:
-            row["tta_acc"] = accuracy(tta, x_test, y_test, train, batch=recipe.eval_batch, amp=amp)
+            row["tta_acc"] = accuracy(tta)
         return {**row, "eval_start": t0, "eval_s": time.perf_counter() - t0}
 
     ckpt = training.checkpoint_file(checkpoints, label or model_name, dataset=data.name, model=model_name,
@@ -385,7 +375,7 @@ def train_one(data: images.ImageData, model_name: str, recipe: Recipe, epochs: i
                      params=training.count_params(model), dataset=data.name, model_name=model_name, recipe=recipe,
                      tokens=V.num_tokens(model, data.shape), curve=curve, n_train=len(data.x_train),
                      n_test=len(data.x_test), amp=next(k for k, v in AMP_DTYPES.items() if v == amp),
-                     ms_unsynced=float(np.mean(call_ms)) if call_ms else math.nan,
+                     ms_unsynced=float(np.mean(timed.times)) if timed.times else math.nan,
                      snapshots=on_step if isinstance(on_step, training.Snapshots) else None)
 
 
@@ -408,10 +398,8 @@ def inference_ms(model, x: torch.Tensor, warmup: int = 2, reps: int = 5, amp: to
 def time_runs(runs: list[VisionRun], data_by_name: dict, device, n: int = 1000, reps: int = 5) -> None:
     """Sets each run's ``ms_per_1000`` (honest), measured as the run was evaluated (precision, TTA)."""
     for r in runs:
-        d = data_by_name[r.dataset]
-        x = images.as_nchw(d.x_test[:n], device).float().div(255)
-        m = with_tta(r.model, r.recipe, r.dataset)
-        r.ms_per_1000 = inference_ms(m, x, reps=reps, amp=AMP_DTYPES[r.amp])
+        x = images.as_nchw(data_by_name[r.dataset].x_test[:n], device).float().div(255)
+        r.ms_per_1000 = inference_ms(with_tta(r.model, r.recipe, r.dataset), x, reps=reps, amp=AMP_DTYPES[r.amp])
 
 
 # what the original's tables printed: its hybrid counts were taken with a 100-class head on every dataset
@@ -422,13 +410,10 @@ PRINTED = "hybrid, as printed (100-class head)"   # param_table's row of those c
 def param_table(size: str = "small") -> pd.DataFrame:
     """Parameter counts of the bug-compatible models (rows) on each dataset (columns) with their own heads, and
     the hybrid as the original's table printed it (100-class head)."""
-    dims = V.SIZES[size]
-    out = {}
-    for d, (shape, k) in SHAPES.items():
-        col = {m: training.count_params(V.build(m, shape, k, **({} if m == "cnn" else dims))) for m in V.MODELS}
-        col[PRINTED] = training.count_params(V.build("hybrid", shape, PRINTED_HEAD.get(("hybrid", d), k), **dims))
-        out[d] = col
-    return pd.DataFrame(out)
+    dims, count = V.SIZES[size], training.count_params
+    return pd.DataFrame({d: {**{m: count(V.build(m, shape, k, **({} if m == "cnn" else dims))) for m in V.MODELS},
+                             PRINTED: count(V.build("hybrid", shape, PRINTED_HEAD.get(("hybrid", d), k), **dims))}
+                         for d, (shape, k) in SHAPES.items()})
 
 
 def glue_params(res, counts: pd.DataFrame) -> None:
@@ -517,9 +502,8 @@ def summarise(runs: list[VisionRun], missing: dict | None = None) -> pd.DataFram
         orig = original_acc(size, epochs, dataset, r0.model_name) if comparable(r0) else None
         w = seeds.within(accs, orig, TOLERANCE[dataset]) if orig is not None else None
         rows.append({
-            "section": group, "dataset": dataset, "model": label,
-            "width·depth": size_label(r0),
-            "params": r0.params, "tokens": r0.tokens if r0.tokens is not None else "—", "epochs": epochs,
+            "section": group, "dataset": dataset, "model": label, "width·depth": size_label(r0), "params": r0.params,
+            "tokens": r0.tokens if r0.tokens is not None else "—", "epochs": epochs,
             "train imgs": n_train, "seeds": len(rs), "test acc %": seeds.pm(accs), "rule": RULES[rs[0].recipe.report],
             "original %": orig if orig is not None else np.nan,
             "vs original": seeds.within_word(w) if w else "— (not the original's size/data/epochs)",
@@ -612,15 +596,13 @@ def recipe_sentence(runs: list[VisionRun]) -> str:
     parts = []
     for d in dict.fromkeys(r.dataset for r in runs if r.model_name == "cnn"):
         bits = []
-        for recipe in (ORIGINAL, None):
-            rs = [r for r in runs if r.model_name == "cnn" and r.dataset == d
-                  and (r.recipe == ORIGINAL if recipe else r.recipe != ORIGINAL)]
+        for original in (True, False):
             by_epochs: dict = {}
-            for r in rs:
-                by_epochs.setdefault(len(r.curve), []).append(100 * r.acc)
-            for ep, v in sorted(by_epochs.items()):
-                bits.append(f"{seeds.pm(v)} % with the {'original' if recipe else 'repaired'} recipe after {ep} "
-                            f"epoch{'s' if ep > 1 else ''}")
+            for r in runs:
+                if r.model_name == "cnn" and r.dataset == d and (r.recipe == ORIGINAL) == original:
+                    by_epochs.setdefault(len(r.curve), []).append(100 * r.acc)
+            bits += [f"{seeds.pm(v)} % with the {'original' if original else 'repaired'} recipe after {ep} "
+                     f"epoch{'s' if ep > 1 else ''}" for ep, v in sorted(by_epochs.items())]
         parts.append(f"on {images.TITLES.get(d, d)} " + ", ".join(bits))
     return "; ".join(parts) if parts else "was not run at this profile"
 
@@ -724,9 +706,8 @@ class Frame:
 
 
 def cls_probe(data: images.ImageData, recipe: Recipe, n: int = 6, n_acc: int = 256):
-    """A ``train.Snapshots`` probe for a ViT, giving a ``Frame``: its CLS attention (``cls_attention``) on the
-    first ``n`` test images (float16) and its accuracy on the first ``n_acc`` test images, normalised as the recipe
-    trains."""
+    """A ``train.Snapshots`` probe for a ViT, giving a ``Frame``: its CLS attention (``cls_attention``) on the first
+    ``n`` test images (float16) and its accuracy on the first ``n_acc`` test images, normalised as the recipe trains."""
     mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats_for(recipe, data))
     x = (images.as_nchw(data.x_test[:n]).float().div(255) - mean) / std
     xa, ya = images.as_nchw(data.x_test[:n_acc]), torch.as_tensor(data.y_test[:n_acc], dtype=torch.long)

@@ -1,10 +1,9 @@
 """Chapter 3 models: the PyTorch-MNIST-example CNN, ViT / DeepViT from vit-pytorch, and the CNN-stem hybrid.
 
-``bug_compatible=True`` reproduces the original's mistake: it passed the *pixel count* (784 or 1024) as
-``image_size`` with patch 14 (MNIST) or 16 (CIFAR), so each image became only 2×2 = 4 tokens while the position
-table was sized for thousands. This reproduces the original parameter counts exactly. ``bug_compatible=False``
-uses the true image size and a real patch grid (patch 4 by default: 7×7 or 8×8 tokens).
-"""
+``bug_compatible=True`` reproduces the original's mistake: it passed the *pixel count* (784 or 1024) as ``image_size``
+with patch 14 (MNIST) or 16 (CIFAR), so each image became only 2×2 = 4 tokens while the position table was sized for
+thousands. This reproduces the original parameter counts exactly. ``bug_compatible=False`` uses the true image size
+and a real patch grid (patch 4 by default: 7×7 or 8×8 tokens)."""
 from __future__ import annotations
 
 import torch
@@ -77,10 +76,8 @@ def build(name: str, image_shape: tuple, num_classes: int, bug_compatible: bool 
         raise ValueError(f"square images expected, got {H}x{W}")
     if name == "stripvit":
         return StripViT(H, num_classes=num_classes, **dims)
-    if name == "convformer":
-        return ConvTransformer(C, num_classes, H, **dims)
-    if name == "convnet":
-        return ConvTransformer(C, num_classes, H, **{**dims, "depth": 0})
+    if name in REPAIRED_MODELS:   # convnet: the convformer without its attention
+        return ConvTransformer(C, num_classes, H, **({**dims, "depth": 0} if name == "convnet" else dims))
     if name == "cnn":
         return cnn(C, num_classes, H)
     if name in ("vit", "deepvit"):
@@ -90,25 +87,17 @@ def build(name: str, image_shape: tuple, num_classes: int, bug_compatible: bool 
     raise ValueError(f"model={name!r} is not allowed; choose one of {', '.join(ALL_MODELS)}")
 
 
-def _vit_of(model: nn.Module) -> nn.Module | None:
-    if isinstance(model, (ViT, DeepViT)):
-        return model
-    return getattr(model, "vit", None)
-
-
 def num_tokens(model: nn.Module, image_shape: tuple) -> int | None:
     """Patch tokens the transformer actually sees for one image (None for a network without attention)."""
-    vit = _vit_of(model)
     if isinstance(model, ConvTransformer):      # no forward pass: it would move the BatchNorm statistics
         return model.side ** 2 if model.depth else None
+    vit = model if isinstance(model, (ViT, DeepViT)) else getattr(model, "vit", None)
     if vit is None:
         return None
     H, W, C = image_shape
     x = torch.zeros(1, C, H, W, device=next(model.parameters()).device)
     with torch.no_grad():
-        if isinstance(model, Hybrid):
-            x = model.stem(x)
-        return vit.to_patch_embedding(x).shape[1]
+        return vit.to_patch_embedding(model.stem(x) if isinstance(model, Hybrid) else x).shape[1]
 
 
 def set_attention_scale(model: nn.Module, scaled: bool = True) -> int:
@@ -136,13 +125,11 @@ class FrozenScaleBN(nn.BatchNorm2d):
         self.weight.requires_grad_(False)
 
 
-def dirac_conv(c_in: int, c_out: int, kernel: int = 3, padding="same", bias: bool = False) -> nn.Conv2d:
-    """A conv whose first min(c_in, c_out) filters start as the identity (airbench's implicit residual)."""
-    conv = nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=bias)
+def dirac_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    """A 3×3 conv (no bias) whose first min(c_in, c_out) filters start as the identity: airbench's implicit residual."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding="same", bias=False)
     with torch.no_grad():
         nn.init.dirac_(conv.weight[:min(c_in, c_out)])
-        if bias:
-            conv.bias.zero_()
     return conv
 
 
@@ -209,8 +196,7 @@ class ConvTransformer(nn.Module):
     def init_whitening(self, x: torch.Tensor, eps: float = 5e-4) -> None:
         """Set the whitening filters from the covariance of every k×k patch of ``x`` (normalised training images,
         N×C×H×W): its eigenvectors scaled by 1/sqrt(eigenvalue + eps), each with its negation (airbench)."""
-        k = self.whiten.kernel_size[0]
-        c = x.shape[1]
+        k, c = self.whiten.kernel_size[0], x.shape[1]
         patches = x.float().unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c * k * k)
         values, vectors = torch.linalg.eigh(patches.T @ patches / len(patches))
         filters = (vectors.T.reshape(-1, c, k, k) / torch.sqrt(values + eps).view(-1, 1, 1, 1)).flip(0)
@@ -227,8 +213,7 @@ class ConvTransformer(nn.Module):
         return rearrange(self.grid(x), "b c h w -> b (h w) c")
 
     def forward(self, x):
-        x = self.block3(self.attention(self.grid(x)))
-        x = F.adaptive_max_pool2d(x, 1).flatten(1)
+        x = F.adaptive_max_pool2d(self.block3(self.attention(self.grid(x))), 1).flatten(1)
         return self.head(x) * self.scale
 
 
@@ -296,8 +281,7 @@ class StripViT(nn.Module):
         if x.shape[1] != 1:
             raise ValueError(f"the second original is single-channel (MNIST); got {x.shape[1]} channels")
         x = self.patch_embedding(x.reshape(len(x), self.n, self.strip))
-        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.position_embedding
-        x = self.dropout(x)
+        x = self.dropout(torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.position_embedding)
         for block in self.blocks:
             x = block(x)
         return self.fc(self.norm(x[:, -1])).log_softmax(-1)

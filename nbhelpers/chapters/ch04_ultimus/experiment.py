@@ -137,10 +137,8 @@ def range_test(data: images.ImageData, recipe: Recipe, device, split: str = "tes
     (split "test") from 1e-6 to 0.1 over 100 steps; "train" uses augmented training batches."""
     torch.manual_seed(seed)
     model = U.build(variant).to(device)
-    if split == "test":
-        source = images.DeviceBatches(data.x_test, data.y_test, recipe.batch_size, device, STATS, seed=seed)
-    else:
-        source = train_batches(data, recipe.batch_size, device, seed, recipe.augment)
+    source = (images.DeviceBatches(data.x_test, data.y_test, recipe.batch_size, device, STATS, seed=seed)
+              if split == "test" else train_batches(data, recipe.batch_size, device, seed, recipe.augment))
     return lr_range.range_test(model, recipe.optimizer_for, source, F.cross_entropy, start_lr=start_lr, end_lr=end_lr,
                                steps=steps, device=device)
 
@@ -160,10 +158,7 @@ class UltimusRun(train.Run):
     def diverged_epoch(self) -> int | None:
         """The epoch (1-based) in which the training loss first crossed the guard's threshold, stopped or not."""
         h = self.history
-        if h.diverged_at is None:
-            return None
-        df = h.df
-        return int(df.epoch[df.step == h.diverged_at].iloc[0]) + 1
+        return None if h.diverged_at is None else int(h.df.epoch[h.df.step == h.diverged_at].iloc[0]) + 1
 
     @property
     def final_acc(self) -> float:
@@ -172,8 +167,7 @@ class UltimusRun(train.Run):
 
     @property
     def max_acc(self) -> float:
-        s = self.curve.test_acc.dropna()
-        return float(s.max()) if len(s) else float("nan")
+        return float(self.curve.test_acc.max())   # NaN when no epoch was evaluated
 
 
 def compiles(device, fast) -> bool:
@@ -314,8 +308,7 @@ def summarise(groups: dict[str, list[UltimusRun]]) -> pd.DataFrame:
         epochs = sorted({int(r.curve.epoch.max()) if len(r.curve) else 0 for r in runs})
         rows.append({"run": r0.label, "params": r0.params, "recipe": r0.recipe.name,
                      "max_lr": r0.recipe.max_lr, "batch": r0.recipe.batch_size, "seeds": len(runs),
-                     "epochs run": "/".join(map(str, epochs)),
-                     "final test acc %": S.pm(finals(runs)),
+                     "epochs run": "/".join(map(str, epochs)), "final test acc %": S.pm(finals(runs)),
                      "max test acc %": S.pm([100 * r.max_acc for r in runs]),
                      "diverged (seeds)": f"{div} of {len(runs)}", "stopped by the guard": f"{stopped} of {len(runs)}"})
     return pd.DataFrame(rows)
@@ -327,29 +320,28 @@ def styled(df: pd.DataFrame):
 
 # ---------------------------------------------------------------- figures
 
-def _grid(n: int, cols: int = 8, size: float = 1.3):
-    rows = -(-n // cols)
+def _gallery(pics, titles, suptitle: str, cols: int = 8, size: float = 1.3):
+    """``pics`` in rows of ``cols``, each with its title (the cells after the last one left blank)."""
+    rows = -(-max(len(pics), 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3), squeeze=False)
     for ax in axes.flat:
         ax.set(xticks=[], yticks=[])
         ax.grid(False)
-    return fig, axes
+    for ax, img, title in zip(axes.flat, pics, titles):
+        ax.imshow(img)
+        ax.set_title(title, fontsize="x-small")
+    for ax in axes.flat[len(pics):]:
+        ax.axis("off")
+    fig.suptitle(suptitle, fontsize="small")
+    fig.tight_layout()
+    return fig
 
 
 def plot_batch(batches: images.DeviceBatches, classes, n: int = 32):
     """The first n images of one augmented training batch, un-normalised back to pixels."""
     x, y = next(iter(batches))
-    show = batches.denormalise(x[:n]).permute(0, 2, 3, 1).cpu().numpy()
-    fig, axes = _grid(len(show))
-    for ax, img, label in zip(axes.flat, show, y[:n].tolist()):
-        ax.imshow(img)
-        ax.set_title(classes[label], fontsize="x-small")
-    for ax in axes.flat[len(show):]:
-        ax.axis("off")
-    fig.suptitle("augmented training batch (reflect-pad 4 + crop 32, flip, 16×16 mean-filled hole)",
-                 fontsize="small")
-    fig.tight_layout()
-    return fig
+    return _gallery(batches.denormalise(x[:n]).permute(0, 2, 3, 1).cpu().numpy(), [classes[i] for i in y[:n].tolist()],
+                    "augmented training batch (reflect-pad 4 + crop 32, flip, 16×16 mean-filled hole)")
 
 
 def plot_ranges(panels: dict):
@@ -403,15 +395,8 @@ def plot_misclassified(run: UltimusRun, data: images.ImageData, n: int = 24):
         pred = prediction_probe(data, len(data.y_test), batch=1000)(run.model)
     y = np.asarray(data.y_test)
     wrong = np.flatnonzero(pred != y)[:n]
-    fig, axes = _grid(max(len(wrong), 1))
-    for ax, i in zip(axes.flat, wrong):
-        ax.imshow(data.x_test[i])
-        ax.set_title(f"{data.classes[int(pred[i])]} / {data.classes[int(y[i])]}", fontsize="x-small")
-    for ax in axes.flat[len(wrong):]:
-        ax.axis("off")
-    fig.suptitle(f"misclassified test images, {run.label} (pred / true)", fontsize="small")
-    fig.tight_layout()
-    return fig
+    titles = [f"{data.classes[int(pred[i])]} / {data.classes[int(y[i])]}" for i in wrong]
+    return _gallery([data.x_test[i] for i in wrong], titles, f"misclassified test images, {run.label} (pred / true)")
 
 
 def prediction_probe(data: images.ImageData, n: int = 500, batch: int = 500):
@@ -457,17 +442,12 @@ def training_gif(groups: dict[str, list[UltimusRun]], data: images.ImageData, pa
     repairs in ``keys`` that recorded snapshots (``prediction_snapshots``). Top: the confusion matrix of its test
     predictions at that step, titled with the step and the accuracy; below: a strip with the training loss and the
     learning rate so far, and (with ``diverge_factor``) the guard's threshold."""
-    runs = []
-    for key in keys:
-        for k in (key,) if isinstance(key, str) else key:
-            r = (groups.get(k) or [None])[0]
-            if r is not None and r.snapshots is not None and r.snapshots.frames:
-                runs.append(r)
-                break
+    recorded = [[r for k in ((key,) if isinstance(key, str) else key) for r in (groups.get(k) or [])[:1]
+                 if r.snapshots is not None and r.snapshots.frames] for key in keys]
+    runs = [rs[0] for rs in recorded if rs]
     if not runs:
         raise ValueError("no run recorded snapshots: train with run_grid(..., on_step=prediction_snapshots(...))")
-    classes = list(data.classes)
-    k = len(classes)
+    classes, k = list(data.classes), len(data.classes)
     fig = plt.figure(figsize=(4.9 * len(runs) + 0.6, 6.3), dpi=dpi)
     grid = fig.add_gridspec(2, len(runs), height_ratios=(3.4, 1.2), hspace=0.62, wspace=0.4,
                             left=0.11, right=0.92, top=0.82, bottom=0.13)
@@ -513,7 +493,6 @@ def training_gif(groups: dict[str, list[UltimusRun]], data: images.ImageData, pa
     fig.legend(legend, [h.get_label() for h in legend], loc="lower center", ncol=3, fontsize="small", frameon=False)
     fig.suptitle(f"Predictions on the first {len(panels[0][1])} test images through training", fontsize="medium",
                  y=0.985)
-    count = max(len(r.snapshots.frames) for r in runs)
 
     def update(i):
         for r, y, ax, im, loss_line, lr_line, cursor, steps, loss, lr, total in panels:
@@ -529,7 +508,7 @@ def training_gif(groups: dict[str, list[UltimusRun]], data: images.ImageData, pa
             ax.set_title(f"{r.label}\nstep {at:,} of {total:,} · accuracy {100 * (pred == y).mean():.0f} %{edge}",
                          fontsize="small")
 
-    return animate.write_gif(animate.render(fig, update, count), path, fps=fps)
+    return animate.write_gif(animate.render(fig, update, max(len(r.snapshots.frames) for r in runs)), path, fps=fps)
 
 
 # ---------------------------------------------------------------- diagnosis helpers and glue
@@ -663,16 +642,14 @@ def target_sentence(groups: dict[str, list[UltimusRun]], key: str, target: float
     if key not in groups:
         return "—"
     m = S.summary(finals(groups[key]))
-    scope = "" if full else " (this profile is smaller than the full one the target is set for)"
-    ok = m["mean"] >= target
-    text = (f"mean {m['mean']:.2f} % over {m['n']} seed{'s' * (m['n'] > 1)}: {'meets' if ok else 'misses'} "
-            f"≥ {target:g} %")
+    text = (f"mean {m['mean']:.2f} % over {m['n']} seed{'s' * (m['n'] > 1)}: "
+            f"{'meets' if m['mean'] >= target else 'misses'} ≥ {target:g} %")
     if margin is not None and f"{key}_noattn" in groups:
         c = S.differ(finals(groups[f"{key}_noattn"]), finals(groups[key]))
         above = c["diff"] >= margin and c["significant"]
         text += (f"; {c['diff']:+.2f} points against its control: {'meets' if above else 'misses'} "
                  f"≥ {margin:g} points beyond seed noise")
-    return text + scope
+    return text + ("" if full else " (this profile is smaller than the full one the target is set for)")
 
 
 ABLATIONS = ("low_lr", "bn_relu", "tokens", "softmax_k", "sqrt8_after")

@@ -25,6 +25,8 @@ import math
 import torch
 from torch import nn
 
+from ...train import choose
+
 CONVS = ("linear", "bn_relu")
 SCALES = ("inside", "after")
 SOFTMAX = ("q", "k")
@@ -37,17 +39,14 @@ class UltimusBlock(nn.Module):
     """One Ultimus block: K, Q, V = Linear(dim→d), attention, Out = Linear(d→dim), all without bias.
 
     Input (B, dim) — the original: AM[b, i, j] = q_i k_j / √d (an outer product; i indexes Q) normalised over i
-    (``softmax="q"``) or over j ("k"), and Z_j = Σ_i v_i AM[i, j]. Input (B, T, dim) — tokens: the same formula
-    with i, j indexing tokens, AM[i, j] = q_i · k_j / √d, Z_j = Σ_i AM[i, j] v_i. ``scale="after"`` divides the
-    softmax output by √d instead (the spec's typo).
-    """
+    (``softmax="q"``) or over j ("k"), and Z_j = Σ_i v_i AM[i, j]. Input (B, T, dim) — tokens: the same formula with
+    i, j indexing tokens, AM[i, j] = q_i · k_j / √d, Z_j = Σ_i AM[i, j] v_i. ``scale="after"`` divides the softmax
+    output by √d instead (the spec's typo)."""
 
     def __init__(self, dim: int = 48, d: int = 8, scale: str = "inside", softmax: str = "q"):
         super().__init__()
-        if scale not in SCALES:
-            raise ValueError(f"scale={scale!r} is not allowed; choose one of {', '.join(SCALES)}")
-        if softmax not in SOFTMAX:
-            raise ValueError(f"softmax={softmax!r} is not allowed; choose one of {', '.join(SOFTMAX)}")
+        choose("scale", scale, SCALES)
+        choose("softmax", softmax, SOFTMAX)
         self.k, self.q, self.v = (nn.Linear(dim, d, bias=False) for _ in range(3))
         self.out = nn.Linear(d, dim, bias=False)
         self.d, self.scale, self.softmax = d, scale, softmax
@@ -68,8 +67,7 @@ class UltimusBlock(nn.Module):
             # hold about 1 GB per block): softmax over Q's index = SDPA with K's tokens as the queries
             q, k = self.q(x), self.k(x)
             query, key = (k, q) if self.softmax == "q" else (q, k)
-            z = nn.functional.scaled_dot_product_attention(query, key, v)
-            return self.out(z)
+            return self.out(nn.functional.scaled_dot_product_attention(query, key, v))
         am = self.attention(x)
         if x.dim() == 2:
             z = (v[:, None, :] @ am)[:, 0]           # Z_j = Σ_i v_i AM[i, j]     (B, d)
@@ -80,14 +78,12 @@ class UltimusBlock(nn.Module):
 
 def conv_stack(conv: str = "linear", widths=WIDTHS) -> nn.Sequential:
     """3×3 convs 3→w1→w2→w3, padding 0, without bias; "bn_relu" adds BatchNorm + ReLU after each."""
-    if conv not in CONVS:
-        raise ValueError(f"conv={conv!r} is not allowed; choose one of {', '.join(CONVS)}")
-    layers, c_in = [], 3
-    for c in widths:
+    choose("conv", conv, CONVS)
+    layers = []
+    for c_in, c in zip((3, *widths), widths):
         layers.append(nn.Conv2d(c_in, c, 3, bias=False))
         if conv == "bn_relu":
             layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-        c_in = c
     return nn.Sequential(*layers)
 
 
@@ -102,8 +98,7 @@ class Separable(nn.Module):
         self.residual = c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        return torch.relu(x + y if self.residual else y)
+        return torch.relu(x + self.body(x) if self.residual else self.body(x))
 
 
 SEPARABLE_PLAN = (16, 48, "pool", 64, 64, "pool", 64, 48)
@@ -132,11 +127,9 @@ class Ultimus(nn.Module):
                  token_pool: int = 1, blocks: int = 4, d: int = 8, widths=WIDTHS, num_classes: int = 10,
                  head_skip: bool = False, backbone: str = "spec"):
         super().__init__()
-        if backbone not in BACKBONES:
-            raise ValueError(f"backbone={backbone!r} is not allowed; choose one of {', '.join(BACKBONES)}")
-        self.head_skip = head_skip
+        choose("backbone", backbone, BACKBONES)
+        self.head_skip, self.tokens, self.token_pool = head_skip, tokens, token_pool
         self.features = conv_stack(conv, widths) if backbone == "spec" else separable_stack()
-        self.tokens, self.token_pool = tokens, token_pool
         self.blocks = nn.ModuleList(UltimusBlock(widths[-1], d, scale, softmax) for _ in range(blocks))
         self.fc = nn.Linear(widths[-1], num_classes, bias=False)
 
@@ -176,6 +169,5 @@ VARIANTS = {
 
 def build(variant: str = "faithful", **overrides) -> Ultimus:
     """A named variant (see ``VARIANTS``) with optional keyword overrides."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} is not allowed; choose one of {', '.join(VARIANTS)}")
+    choose("variant", variant, VARIANTS)
     return Ultimus(**{**VARIANTS[variant], **overrides})

@@ -40,5 +40,4 @@ def grid(X, n: int = 200, margin: float = 0.5):
     X = np.asarray(X)
     lo, hi = X.min(0) - margin, X.max(0) + margin
     xx, yy = np.meshgrid(np.linspace(lo[0], hi[0], n, dtype=np.float32), np.linspace(lo[1], hi[1], n, dtype=np.float32))
-    extent = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
-    return xx, yy, np.stack([xx.ravel(), yy.ravel()], axis=1), extent
+    return xx, yy, np.stack([xx.ravel(), yy.ravel()], axis=1), (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))

@@ -54,8 +54,7 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     """Share of points on the right side of logit 0; a NaN logit counts as wrong."""
     logits = logits.squeeze(-1)
-    right = ((logits > 0).float() == y) & ~torch.isnan(logits)
-    return float(right.float().mean())
+    return float((((logits > 0).float() == y) & ~torch.isnan(logits)).float().mean())
 
 
 def count_regions(labels: np.ndarray) -> int:
@@ -91,8 +90,7 @@ class GridMaps:
 
 def grid_maps(model: models.MoonsNet, data: moons.Moons, device="cpu") -> GridMaps:
     """The model's P(class 1), predicted class and linear-region ids on the plot grid."""
-    shape = data.xx.shape
-    pts = torch.as_tensor(data.grid, device=device)
+    shape, pts = data.xx.shape, torch.as_tensor(data.grid, device=device)
     with train.evaluating(model), torch.no_grad():
         logits = model(pts).squeeze(-1).cpu().numpy()
         pattern = model.pattern(pts)
@@ -146,12 +144,17 @@ class MoonsRun(train.Run):
         return f"{self.steps_to_fit}" + ("" if self.fitted else " (lost later)")
 
 
+def _group(pairs) -> dict:
+    """{key: [its items]} from (key, item) pairs, the keys in the order they first come."""
+    out: dict = {}
+    for key, item in pairs:
+        out.setdefault(key, []).append(item)
+    return out
+
+
 def by_variant(runs: dict) -> dict:
     """{variant: [its runs, one per seed]} from ``run_grid``'s {(variant, seed): MoonsRun}."""
-    out: dict = {}
-    for (v, _), r in runs.items():
-        out.setdefault(v, []).append(r)
-    return out
+    return _group((v, r) for (v, _), r in runs.items())
 
 
 def heldout_by_variant(runs: dict) -> dict:
@@ -164,25 +167,16 @@ def _grad_norms(model) -> torch.Tensor:
     return torch.stack([torch.linalg.vector_norm(torch.cat(g)) for g in grads])
 
 
-def surface_probe(data: moons.Moons, device="cpu"):
-    """A Snapshots probe: P(class 1) on the plot grid (float16 to save memory)."""
-    pts, shape = torch.as_tensor(data.grid, device=device), data.xx.shape
-
-    def probe(model):
-        return torch.sigmoid(model(pts)).reshape(shape).cpu().numpy().astype(np.float16)
-
-    return probe
-
-
 @runtime.threads(1)  # 100 points x 10 units: one CPU thread is fastest
 def train_one(data: moons.Moons, variant: str, seed: int, steps: int = 1000, lr: float = 0.01, frames: int = 0,
               device="cpu") -> MoonsRun:
     """One run of the original recipe; ``frames`` > 1 records that many surfaces (steps 0 ... steps) for a GIF."""
     model = models.build(variant, seed).to(device)
     X, y = torch.as_tensor(data.X, device=device), torch.as_tensor(data.y, device=device)
-    snaps = None
-    if frames > 1:
-        snaps = train.Snapshots(surface_probe(data, device), np.linspace(0, steps, frames).round()[1:])
+    snaps, pts = None, torch.as_tensor(data.grid, device=device)
+    if frames > 1:  # the probe: P(class 1) on the plot grid (float16 to save memory)
+        snaps = train.Snapshots(lambda m: torch.sigmoid(m(pts)).reshape(data.xx.shape).cpu().numpy().astype(np.float16),
+                                np.linspace(0, steps, frames).round()[1:])
         snaps.record(0, model)
     norms = []
 
@@ -215,11 +209,10 @@ def train_one(data: moons.Moons, variant: str, seed: int, steps: int = 1000, lr:
 def run_grid(data: moons.Moons, variants, seeds, steps: int = 1000, lr: float = 0.01, frames: int = 0, device="cpu",
              progress: bool = True) -> dict:
     """Every variant x seed; frames are recorded for the first seed only. Returns {(variant, seed): MoonsRun}."""
-    def one(v, s):
-        return train_one(data, v, s, steps, lr, frames if s == seeds[0] else 0, device)
-
     jobs = [(v, s) for v in variants for s in seeds]
-    return dict(zip(jobs, train.grid(jobs, one, progress=progress)))
+    runs = train.grid(jobs, lambda v, s: train_one(data, v, s, steps, lr, frames if s == seeds[0] else 0, device),
+                      progress=progress)
+    return dict(zip(jobs, runs))
 
 
 def summarise(runs: dict, line_acc: float | None = None) -> pd.DataFrame:
@@ -247,8 +240,7 @@ def summarise(runs: dict, line_acc: float | None = None) -> pd.DataFrame:
             "decision_regions": float(np.median([r.decision_regions for r in rs])),
         })
         if v in per_seed:
-            rows[-1]["verdict"] = verdict_phrase(per_seed[v])
-            rows[-1].update({w: per_seed[v].count(w) for w in VERDICTS})
+            rows[-1].update({"verdict": verdict_phrase(per_seed[v]), **{w: per_seed[v].count(w) for w in VERDICTS}})
     return pd.DataFrame(rows)
 
 
@@ -258,8 +250,7 @@ def _num(x, fmt="{:.0f}", missing="—"):
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The results table as the book shows it (strings, one row per variant)."""
-    first = table.first_seed.iloc[0] if len(table) else 0
-    n = table.seeds.iloc[0] if len(table) else 0
+    first, n = (table.first_seed.iloc[0], table.seeds.iloc[0]) if len(table) else (0, 0)
     verdict = {f"verdict ({n} seeds)": table.verdict} if "verdict" in table else {}
     return pd.DataFrame({
         "variant": table.label,
@@ -280,28 +271,23 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 def glue(res, table: pd.DataFrame) -> None:
     """Glue each variant's numbers (one row of ``summarise``'s table) for the prose, and <variant>_verdict when the
     table has verdicts (``summarise`` with ``line_acc``)."""
-    res.glue_rows(table, "{variant}_outcome", "first_outcome")
-    res.glue_rows(table, "{variant}_fitted", lambda r: int(r.fitted))
-    res.glue_rows(table, "{variant}_fit_rate", lambda r: f"{r.fitted}/{r.seeds}")
-    res.glue_rows(table, "{variant}_median_steps", lambda r: _num(r.median_steps_to_fit, "{:.0f}", "never"))
-    res.glue_rows(table, "{variant}_heldout", lambda r: float(r.heldout_mean))
-    res.glue_rows(table, "{variant}_train_acc", lambda r: float(r.first_train_acc))
-    res.glue_rows(table, "{variant}_train_loss", lambda r: _num(r.first_train_loss, "{:.3g}", "NaN"))
-    res.glue_rows(table, "{variant}_linear_regions", lambda r: _num(r.linear_regions))
-    res.glue_rows(table, "{variant}_decision_regions", lambda r: _num(r.decision_regions))
-    res.glue_rows(table, "{variant}_diverged", lambda r: int(r.diverged))
-    if "verdict" in table:
-        res.glue_rows(table, "{variant}_verdict", "verdict")
+    values = {
+        "outcome": "first_outcome", "fitted": lambda r: int(r.fitted), "fit_rate": lambda r: f"{r.fitted}/{r.seeds}",
+        "median_steps": lambda r: _num(r.median_steps_to_fit, "{:.0f}", "never"),
+        "heldout": lambda r: float(r.heldout_mean), "train_acc": lambda r: float(r.first_train_acc),
+        "train_loss": lambda r: _num(r.first_train_loss, "{:.3g}", "NaN"),
+        "linear_regions": lambda r: _num(r.linear_regions), "decision_regions": lambda r: _num(r.decision_regions),
+        "diverged": lambda r: int(r.diverged), **({"verdict": "verdict"} if "verdict" in table else {})}
+    for name, value in values.items():
+        res.glue_rows(table, "{variant}_" + name, value)
 
 
 def glue_groups(res, table: pd.DataFrame) -> None:
     """Glue which variants fitted at every seed, at some seeds, or at none (comma-separated labels, or "none")."""
-    def names(mask):
-        return ", ".join(table.label[mask]) or "none"
-
-    res.glue("fit_every_seed", names(table.fitted == table.seeds))
-    res.glue("fit_some_seeds", names((table.fitted > 0) & (table.fitted < table.seeds)))
-    res.glue("fit_no_seed", names(table.fitted == 0))
+    for key, mask in (("fit_every_seed", table.fitted == table.seeds),
+                      ("fit_some_seeds", (table.fitted > 0) & (table.fitted < table.seeds)),
+                      ("fit_no_seed", table.fitted == 0)):
+        res.glue(key, ", ".join(table.label[mask]) or "none")
     res.glue("diverged_runs", int(table.diverged.sum()))
 
 
@@ -343,8 +329,7 @@ def gradient_stats(runs: dict, seed: int) -> dict:
     for (v, s), r in runs.items():
         if s != seed:
             continue
-        g = r.grad_norms[:, 0]
-        g = g[np.isfinite(g)]
+        g = r.grad_norms[:, 0][np.isfinite(r.grad_norms[:, 0])]
         loss = r.history.df.train_loss.to_numpy()
         loss = loss[np.isfinite(loss)]
         out[v] = {"grad_median": float(np.median(g)) if len(g) else float("nan"),
@@ -357,9 +342,8 @@ def glue_gradients(res, runs: dict, seed: int) -> None:
     """Glue <variant>_grad_median, _grad_max and _loss_up (see ``gradient_stats``; one seed) and
     <variant>_grad_max_all (largest finite fc1 gradient norm over all seeds) for the prose."""
     stats = [{"variant": v, **row} for v, row in gradient_stats(runs, seed).items()]
-    res.glue_rows(stats, "{variant}_grad_median", "grad_median")
-    res.glue_rows(stats, "{variant}_grad_max", "grad_max")
-    res.glue_rows(stats, "{variant}_loss_up", "loss_up")
+    for name in ("grad_median", "grad_max", "loss_up"):
+        res.glue_rows(stats, "{variant}_" + name, name)
     fc1 = {v: np.concatenate([r.grad_norms[:, 0] for r in rs]) for v, rs in by_variant(runs).items()}
     res.glue_rows([{"variant": v, "g": g[np.isfinite(g)]} for v, g in fc1.items()], "{variant}_grad_max_all",
                   lambda r: float(r["g"].max()) if len(r["g"]) else float("nan"))
@@ -390,10 +374,8 @@ def pole_stats(runs: dict, data: moons.Moons, seed: int, eps: float = 0.05) -> d
 def glue_poles(res, poles: dict) -> None:
     """Glue <variant>_near_pole_{init, final} and <variant>_max_pre_{init, final} (``pole_stats``) for the prose."""
     rows = [{"variant": v, **row} for v, row in poles.items()]
-    res.glue_rows(rows, "{variant}_near_pole_init", "near_pole_init")
-    res.glue_rows(rows, "{variant}_max_pre_init", "max_pre_init")
-    res.glue_rows(rows, "{variant}_near_pole_final", "near_pole_final")
-    res.glue_rows(rows, "{variant}_max_pre_final", "max_pre_final")
+    for name in ("near_pole_init", "max_pre_init", "near_pole_final", "max_pre_final"):
+        res.glue_rows(rows, "{variant}_" + name, name)
 
 
 # ---------------------------------------------------------------- verdicts: the words the prose glues
@@ -494,8 +476,7 @@ def agreement(expected: str, seed_verdicts) -> str:
     gives it, "some seeds" when some do, "no seed" when none does while at least one seed is decided, "undecided"
     when every seed is still learning."""
     want = "fits" if expected == "fit" else "fails"
-    decided = [v for v in seed_verdicts if v != "still learning"]
-    if not decided:
+    if all(v == "still learning" for v in seed_verdicts):
         return "undecided"
     hits = sum(v == want for v in seed_verdicts)
     return "every seed" if hits == len(seed_verdicts) else "some seeds" if hits else "no seed"
@@ -507,12 +488,9 @@ def _labels(names) -> str:
 
 def agreement_note(seed_verdicts: dict) -> str:
     """One sentence: for how many variants the original's fit/fail verdict holds at every seed, and where not."""
-    groups: dict = {}
-    for v, vs in seed_verdicts.items():
-        groups.setdefault(agreement(models.VARIANTS[v].expected, vs), []).append(v)
-    n = len(seed_verdicts)
+    groups = _group((agreement(models.VARIANTS[v].expected, vs), v) for v, vs in seed_verdicts.items())
     parts = [f"The original's verdict (fitted or failed) holds at every seed for {len(groups.get('every seed', []))} "
-             f"of the {n} variants"]
+             f"of the {len(seed_verdicts)} variants"]
     for key, what in (("some seeds", "it holds at some seeds only for"), ("no seed", "at no seed for"),
                       ("undecided", "it is not yet decided (every seed still learning) for")):
         if groups.get(key):
@@ -522,9 +500,7 @@ def agreement_note(seed_verdicts: dict) -> str:
 
 def _by_phrase(names, seed_verdicts: dict) -> str:
     """'a, b (phrase); c (other phrase)': variants sharing a verdict phrase listed together."""
-    groups: dict = {}
-    for v in names:
-        groups.setdefault(verdict_phrase(seed_verdicts[v]), []).append(v)
+    groups = _group((verdict_phrase(seed_verdicts[v]), v) for v in names)
     return "; ".join(f"{_labels(vs)} ({phrase})" for phrase, vs in groups.items())
 
 
@@ -603,11 +579,8 @@ def rank_word(values: dict, key) -> str:
 
 def loss_note(runs: dict, seed: int, line_acc: float) -> str:
     """The first seed's final training loss grouped by the run's verdict: 'fits: x² 2e-05, ...; fails: ...'."""
-    groups: dict = {}
-    for (v, s), r in runs.items():
-        if s == seed:
-            groups.setdefault(run_verdict(r, line_acc), []).append(
-                f"{models.VARIANTS[v].label} {_num(r.train_loss, '{:.2g}', 'NaN')}")
+    groups = _group((run_verdict(r, line_acc), f"{models.VARIANTS[v].label} {_num(r.train_loss, '{:.2g}', 'NaN')}")
+                    for (v, s), r in runs.items() if s == seed)
     return "; ".join(f"{w}: {', '.join(groups[w])}" for w in VERDICTS if w in groups)
 
 
@@ -642,8 +615,7 @@ def finest_note(table: pd.DataFrame) -> str:
     counts = counts[[v for v in counts.index if v != "sgn"]]  # sgn's regions never move
     if counts.empty:
         return "No trainable piecewise-linear variant was run."
-    order = counts.sort_values(ascending=False)
-    names = [f"{models.VARIANTS[v].label} ({n:.0f})" for v, n in order.items()]
+    names = [f"{models.VARIANTS[v].label} ({n:.0f})" for v, n in counts.sort_values(ascending=False).items()]
     return "From the most linear regions to the fewest: " + ", ".join(names) + "."
 
 
@@ -661,10 +633,8 @@ def gradient_word(max_norm: float) -> str:
 
 def agreement_counts(seed_verdicts: dict) -> dict:
     """How many variants bear out the original's verdict at every seed / some seeds / no seed / undecided."""
-    out = {"every seed": 0, "some seeds": 0, "no seed": 0, "undecided": 0}
-    for v, vs in seed_verdicts.items():
-        out[agreement(models.VARIANTS[v].expected, vs)] += 1
-    return out
+    groups = _group((agreement(models.VARIANTS[v].expected, vs), v) for v, vs in seed_verdicts.items())
+    return {k: len(groups.get(k, [])) for k in ("every seed", "some seeds", "no seed", "undecided")}
 
 
 # ---------------------------------------------------------------- figures
@@ -692,10 +662,9 @@ def _status(r: MoonsRun) -> str:
 
 def plot_final_surfaces(runs: dict, data: moons.Moons, seed: int, cols: int = 4):
     """The summary grid: every variant's final P(class 1) with the training points, titled with its outcome."""
-    variants = [v for v, s in runs if s == seed]
-    fig, axes = plots.panels(len(variants), cols, size=(3.1, 2.55))
-    for ax, v in zip(axes, variants):
-        r = runs[(v, seed)]
+    mine = [(v, r) for (v, s), r in runs.items() if s == seed]
+    fig, axes = plots.panels(len(mine), cols, size=(3.1, 2.55))
+    for ax, (v, r) in zip(axes, mine):
         prob = grid_maps(r.model, data, next(r.model.parameters()).device).prob
         plots.surface(ax, data.xx, data.yy, prob)
         plots.points(ax, data.X, data.y, size=9)
@@ -750,17 +719,15 @@ def plot_grad_norms(runs: dict, seed: int, variants=("relu", "inv_inv", "tan_tan
 def plot_regions(runs: dict, data: moons.Moons, seed: int):
     """Linear regions of the piecewise-linear variants on the plot grid (random colours), the decision boundary
     (black) and the training points."""
-    variants = [v for v, s in runs if s == seed and models.VARIANTS[v].piecewise]
-    if not variants:
+    mine = [(v, r) for (v, s), r in runs.items() if s == seed and models.VARIANTS[v].piecewise]
+    if not mine:
         return None
-    fig, axes = plots.panels(len(variants), len(variants), size=(3.0, 2.5))
+    fig, axes = plots.panels(len(mine), len(mine), size=(3.0, 2.5))
     ext = data.extent
-    for ax, v in zip(axes, variants):
-        r = runs[(v, seed)]
+    for ax, (v, r) in zip(axes, mine):
         maps = grid_maps(r.model, data, next(r.model.parameters()).device)
-        ids = maps.regions
-        colours = np.random.default_rng(0).uniform(0.25, 1.0, (ids.max() + 1, 3))
-        ax.imshow(colours[ids], origin="lower", extent=ext, interpolation="nearest", aspect="equal")
+        colours = np.random.default_rng(0).uniform(0.25, 1.0, (maps.regions.max() + 1, 3))
+        ax.imshow(colours[maps.regions], origin="lower", extent=ext, interpolation="nearest", aspect="equal")
         if np.isfinite(maps.prob).all() and 0 < (maps.prob > 0.5).mean() < 1:
             ax.contour(data.xx, data.yy, maps.prob, levels=[0.5], colors="black", linewidths=1.2)
         plots.points(ax, data.X, data.y, size=8)
@@ -787,13 +754,11 @@ def write_gifs(runs: dict, data: moons.Moons, folder, seed: int, fps: float = 12
         if s != seed or r.snapshots is None:
             continue
         loss = r.history.df.set_index("step").train_loss
-        label = models.VARIANTS[v].label
-        titles = []
-        for step in r.snapshots.at:
-            value = loss.get(step, r.train_loss)  # the last frame (step = steps) has no row: the final loss
-            titles.append(f"{label} · step {step}" + (f" · loss {value:.3g}" if np.isfinite(value) else
-                                                       " · loss NaN: diverged"))
-        frames = [plots.bands(f) for f in r.snapshots.frames]
-        out[v] = animate.surface_gif(frames, titles, data.extent, folder / f"{v}.gif", data.X, data.y,
-                                     fps=fps, size=(3.8, 3.8 * h / w + 0.45), max_bytes=max_bytes)
+        values = [loss.get(step, r.train_loss) for step in r.snapshots.at]  # the last step has no row: final loss
+        titles = [f"{models.VARIANTS[v].label} · step {step} · " + (f"loss {x:.3g}" if np.isfinite(x) else
+                                                                   "loss NaN: diverged")
+                  for step, x in zip(r.snapshots.at, values)]
+        out[v] = animate.surface_gif([plots.bands(f) for f in r.snapshots.frames], titles, data.extent,
+                                     folder / f"{v}.gif", data.X, data.y, fps=fps, size=(3.8, 3.8 * h / w + 0.45),
+                                     max_bytes=max_bytes)
     return out

@@ -26,6 +26,7 @@ ACTIVATIONS = {
 }
 
 SYMBOLS = {"square": "x²", "inv": "1/x"}  # how the book prints an activation, where not by its key
+MIXED = {"sort": "fc1 → sort ascending → fc2 → fc3", "permute": "fc1 → fc2, gathered by argsort(fc1) → fc3"}
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,8 @@ class Variant:
 
     @property
     def description(self) -> str:
-        if self.mixing == "sort":
-            return "fc1 → sort ascending → fc2 → fc3"
-        if self.mixing == "permute":
-            return "fc1 → fc2, gathered by argsort(fc1) → fc3"
-        return f"fc1 → {SYMBOLS.get(self.act1, self.act1)} → fc2 → {SYMBOLS.get(self.act2, self.act2)} → fc3"
+        acts = f"fc1 → {SYMBOLS.get(self.act1, self.act1)} → fc2 → {SYMBOLS.get(self.act2, self.act2)} → fc3"
+        return MIXED.get(self.mixing, acts)
 
 
 VARIANTS = {v.name: v for v in (
@@ -89,22 +87,14 @@ class MoonsNet(nn.Module):
 
     def preactivations(self, x):
         """(fc1 output, fc2 output) — what act1 and act2 (or sort/permute) are applied to."""
-        h1 = self.fc1(x)
-        v = self.variant
-        if v.mixing == "sort":
-            return h1, self.fc2(sort_features(h1))
-        if v.mixing == "permute":
-            return h1, self.fc2(h1)
-        return h1, self.fc2(ACTIVATIONS[v.act1](h1))
+        h1, v = self.fc1(x), self.variant
+        a1 = sort_features(h1) if v.mixing == "sort" else h1 if v.mixing == "permute" else ACTIVATIONS[v.act1](h1)
+        return h1, self.fc2(a1)
 
     def forward(self, x):
-        h1, h2 = self.preactivations(x)
-        v = self.variant
-        if v.mixing == "sort":
-            return self.fc3(h2)
-        if v.mixing == "permute":
-            return self.fc3(permute_by(h2, h1))
-        return self.fc3(ACTIVATIONS[v.act2](h2))
+        (h1, h2), v = self.preactivations(x), self.variant
+        return self.fc3(h2 if v.mixing == "sort" else permute_by(h2, h1) if v.mixing == "permute" else
+                        ACTIVATIONS[v.act2](h2))
 
     def pattern(self, x) -> torch.Tensor | None:
         """Per point, the discrete state that fixes which affine (or constant) piece the network is on: the signs of
