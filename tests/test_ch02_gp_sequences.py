@@ -125,8 +125,8 @@ def test_order_violation_is_small_when_the_gap_is_seen():
 
 # ---------------------------------------------------------------- models and losses
 
-from nbhelpers.chapters.ch02_gp_sequences import experiment as gpx  # noqa: E402
-from nbhelpers.chapters.ch02_gp_sequences import models as models  # noqa: E402
+from nbhelpers.chapters.ch02_gp_sequences import experiment as ch  # noqa: E402
+from nbhelpers.chapters.ch02_gp_sequences import models  # noqa: E402
 
 
 def _inp(n_points=24, seed=0):
@@ -194,12 +194,12 @@ def test_rollout_is_causal_and_feeds_back_predictions():
     torch.manual_seed(0)
     model = models.Faithful(embed=16).eval()
     inp = _inp()
-    pred, sd = gpx.rollout(model, inp, first=16)
+    pred, sd = ch.rollout(model, inp, first=16)
     assert pred.shape == sd.shape == (3, 8)
     changed = inp.clone()
     changed[:, 16:, 2] = 99.0  # the truth after `first` must not matter
-    np.testing.assert_allclose(gpx.rollout(model, changed, first=16)[0], pred, rtol=1e-6)
-    tf = gpx.teacher_forced(model, inp)
+    np.testing.assert_allclose(ch.rollout(model, changed, first=16)[0], pred, rtol=1e-6)
+    tf = ch.teacher_forced(model, inp)
     np.testing.assert_allclose(pred[:, 0], tf[:, 16, 0], rtol=1e-5)  # first step = teacher-forced
 
 
@@ -226,10 +226,10 @@ def test_same_weights_with_1_and_32_heads_give_different_outputs():
 
 
 def test_twin_baseline_is_the_parameter_free_baseline_in_the_inference_layout():
-    cfg = gpx.Config(n_points=40, context=4, context_p=5, pool=12)
+    cfg = ch.Config(n_points=40, context=4, context_p=5, pool=12)
     test = gp.inference_layout(gp.make_pairs(6, 40, seed=1), cfg.context_p, cfg.pool, seed=0)
-    base = gpx.baseline(test, cfg)
-    tb = models.twin_baseline(gpx.to_tensor(test))[:, cfg.first].numpy()
+    base = ch.baseline(test, cfg)
+    tb = models.twin_baseline(ch.to_tensor(test))[:, cfg.first].numpy()
     np.testing.assert_allclose(tb, base["mean"][:, 0], atol=1e-5)
     assert base["rollout_rmse"] < 0.5 * np.std(test.y[:, cfg.first:])  # it is a real prediction
 
@@ -261,16 +261,16 @@ def test_losses_on_hand_computed_values():
 
 def test_training_regimes_follow_the_original():
     p = gp.make_pairs(16, 24, seed=0)
-    cfg = gpx.Config(n_points=24, context=3, context_p=4, pool=8, batch=8)
-    raw = gpx.to_tensor(p)[:8]
+    cfg = ch.Config(n_points=24, context=3, context_p=4, pool=8, batch=8)
+    raw = ch.to_tensor(p)[:8]
     # shuffle: ONE permutation of the columns for the whole batch, targets after `context`
-    inp, first = gpx.arrange(raw, "shuffle", cfg, torch.Generator().manual_seed(0))
+    inp, first = ch.arrange(raw, "shuffle", cfg, torch.Generator().manual_seed(0))
     perm = [int((raw[0, :, 0] == v).nonzero()) for v in inp[0, :, 0]]
     assert torch.equal(inp, raw[:, perm]) and (first == 3).all()
     # full_infer: sorted, the lowest 2*context of both series, then the seen series, then the other (targets)
     seen_counts = set()
     for seed in range(6):
-        inp, first = gpx.arrange(raw, "full_infer", cfg, torch.Generator().manual_seed(seed))
+        inp, first = ch.arrange(raw, "full_infer", cfg, torch.Generator().manual_seed(seed))
         for i in range(8):
             x, s, f = inp[i, :, 0], inp[i, :, 1], int(first[i])
             assert (x[:6].diff() > 0).all() and (x[6:f].diff() > 0).all() and (x[f:].diff() > 0).all()
@@ -280,37 +280,37 @@ def test_training_regimes_follow_the_original():
         assert len(set(inp[:, -1, 1].tolist())) == 1
     assert seen_counts == {0, 1}
     # infer: the inference layout with fresh random context picks
-    inp, first = gpx.arrange(raw, "infer", cfg, torch.Generator().manual_seed(0))
+    inp, first = ch.arrange(raw, "infer", cfg, torch.Generator().manual_seed(0))
     assert (first == 16).all() and (inp[:, :12, 1] == 1).all() and (inp[:, 12:, 1] == 0).all()
     # half_half: all four layouts appear over batches
     kinds = set()
     gen = torch.Generator().manual_seed(0)
     for _ in range(40):
-        inp, first = gpx.arrange(raw, "half_half", cfg, gen)
+        inp, first = ch.arrange(raw, "half_half", cfg, gen)
         kinds.add("seen_then_rest" if (first != 3).any() else "raw" if torch.equal(inp, raw) else "shuffle")
     assert kinds == {"seen_then_rest", "raw", "shuffle"}
-    b = gpx.Batches(p, "full_infer", cfg, 2, seed=0)
+    b = ch.Batches(p, "full_infer", cfg, 2, seed=0)
     inp, tgt = next(iter(b))
     assert inp.shape == (8, 24, 3) and torch.equal(tgt[..., 0], inp[..., 2])
     assert set(tgt[..., 1].unique().tolist()) == {0.0, 1.0}
     with pytest.raises(ValueError, match="regime"):
-        gpx.arrange(raw, "nope", cfg, torch.Generator())
+        ch.arrange(raw, "nope", cfg, torch.Generator())
 
 
 def test_first_step_stats_see_a_copy_of_the_seen_series():
     test = gp.inference_layout(gp.make_pairs(200, 40, seed=2), 5, 12, seed=0)
     first = 25
-    copy = gpx.seen_at(test, test.x[:, first:first + 1])[:, 0]  # predict the seen series' value: a full drop
-    st = gpx.first_step_stats(copy, test, first)
+    copy = ch.seen_at(test, test.x[:, first:first + 1])[:, 0]  # predict the seen series' value: a full drop
+    st = ch.first_step_stats(copy, test, first)
     assert st["toward"] == 1.0 and st["first_step"] < -1.0
     assert st["gap_slope"] == pytest.approx(-1.0, abs=0.1) and st["gap_corr"] < -0.95
-    exact = gpx.first_step_stats(test.y[:, first] + 0.01, test, first)
+    exact = ch.first_step_stats(test.y[:, first] + 0.01, test, first)
     assert exact["first_abs"] == pytest.approx(0.01) and abs(exact["gap_slope"]) < 1e-9
 
 
 def _summ(rows):
     df = pd.DataFrame(rows).set_index("key")
-    for m in gpx.METRICS:
+    for m in ch.METRICS:
         df[m] = df.get(m, 0.0)
         df[f"{m}_sd"] = df.get(f"{m}_sd", 0.0)
     df["model"] = df.index
@@ -329,46 +329,46 @@ def test_verdicts_follow_the_numbers():
         {"key": "heads", "first_abs": 0.2, "first_abs_sd": 0.0, "n_seeds": 1},         # one seed
         {"key": "oracle", "first_abs": 0.0, "n_seeds": 0},
     ])
-    table = gpx.causes_table(summ).set_index("key")
+    table = ch.causes_table(summ).set_index("key")
     assert table.loc["series_qk", "verdict"] == "explains most of the error"
     assert table.loc["no_relu", "verdict"].startswith("matters, but")
     assert table.loc["exact_nll", "verdict"].startswith("does not matter")
     assert table.loc["residual", "verdict"] == "makes it worse"
     assert table.loc["heads", "verdict"].startswith("cannot be decided")
     assert table.loc["series_qk", "share of excess removed"] == pytest.approx(0.7)
-    assert gpx.drop_verdict(summ).startswith("a steady drop towards the seen series")
+    assert ch.drop_verdict(summ).startswith("a steady drop towards the seen series")
     summ.loc["faithful", "gap_slope_sd"] = 0.6  # the slope is within seed noise of zero
-    assert gpx.drop_verdict(summ).startswith("no steady drop")
+    assert ch.drop_verdict(summ).startswith("no steady drop")
     summ.loc["faithful", "n_seeds"] = 1
-    assert "single seed" in gpx.drop_verdict(summ)
+    assert "single seed" in ch.drop_verdict(summ)
 
 
 def test_load_and_glue_keys():
     from nbhelpers import results
 
-    cfg = gpx.Config(n_points=24, context=3, context_p=3, pool=6)
-    train, val, test = gpx.load(cfg, 20, 5, seed=7, noise=0.1)
+    cfg = ch.Config(n_points=24, context=3, context_p=3, pool=6)
+    train, val, test = ch.load(cfg, 20, 5, seed=7, noise=0.1)
     assert (len(train.x), len(val.x), len(test.x)) == (16, 4, 5) and test.first == cfg.first
     np.testing.assert_array_equal(val.y, gp.make_pairs(4, 24, noise=0.1, seed=8).y)
     np.testing.assert_array_equal(test.y, gp.inference_layout(gp.make_pairs(5, 24, noise=0.1, seed=9), 3, 6, seed=9).y)
     assert test.head(2).x.shape == (2, 24) and test.head(2).first == cfg.first
     res = results.Results("99_test")  # every metric and its sd of every row, NaN as '—'
-    gpx.glue(res, _summ([{"key": "faithful", "first_abs": 0.5, "n_seeds": 2},
+    ch.glue(res, _summ([{"key": "faithful", "first_abs": 0.5, "n_seeds": 2},
                          {"key": "oracle", "loglik": float("nan"), "n_seeds": 0}]).assign(kernel="rbf"),
              "ood_{kernel}_{key}")
-    assert len(res.values) == 2 * 2 * len(gpx.METRICS)
+    assert len(res.values) == 2 * 2 * len(ch.METRICS)
     assert res.values["ood_rbf_faithful_first_abs"] == 0.5 and res.values["ood_rbf_oracle_loglik_sd"] == 0.0
     assert res.values["ood_rbf_oracle_loglik"] == "—"
 
 def test_parallel_training_gives_the_same_models():
-    cfg = gpx.Config(n_points=24, context=3, context_p=3, pool=6, embed=32, width=16, layers=1, steps=6, evals=2)
+    cfg = ch.Config(n_points=24, context=3, context_p=3, pool=6, embed=32, width=16, layers=1, steps=6, evals=2)
     tr, va = gp.make_pairs(40, 24, seed=0), gp.make_pairs(10, 24, seed=1)
     keys = ["faithful", "teacher_forced", "repaired"]
     from nbhelpers import runtime
 
     with runtime.threads(1):  # the workers run one thread each; sums split over threads round differently
-        one = gpx.run_grid(keys, tr, va, cfg, [0, 1], progress=False)
-        two = gpx.run_grid(keys, tr, va, cfg, [0, 1], progress=False, workers=2)
+        one = ch.run_grid(keys, tr, va, cfg, [0, 1], progress=False)
+        two = ch.run_grid(keys, tr, va, cfg, [0, 1], progress=False, workers=2)
     for s in (0, 1):
         assert set(one[s]) == set(two[s]) == {"faithful", "repaired"}  # rows that do not train are not trained
         for k in one[s]:
@@ -381,22 +381,22 @@ def test_repair_words_and_the_originals_slope():
     base = pd.Series({"rollout_rmse": 0.10, "rollout_rmse_sd": 0.0, "n_seeds": 0})  # a reference row: exact
     better = pd.Series({"rollout_rmse": 0.05, "rollout_rmse_sd": 0.01, "n_seeds": 3})
     same = pd.Series({"rollout_rmse": 0.101, "rollout_rmse_sd": 0.01, "n_seeds": 3})
-    assert gpx.beats(gpx.compare(base, better, "rollout_rmse"), "the baseline") == "beats the baseline"
-    assert gpx.beats(gpx.compare(base, same, "rollout_rmse"), "the baseline").startswith("does no better")
-    assert gpx.beats(gpx.compare(better, base, "rollout_rmse"), "x") == "is worse than x"
+    assert ch.beats(ch.compare(base, better, "rollout_rmse"), "the baseline") == "beats the baseline"
+    assert ch.beats(ch.compare(base, same, "rollout_rmse"), "the baseline").startswith("does no better")
+    assert ch.beats(ch.compare(better, base, "rollout_rmse"), "x") == "is worse than x"
     one = pd.Series({"rollout_rmse": 0.05, "rollout_rmse_sd": 0.0, "n_seeds": 1})
-    assert "one seed" in gpx.beats(gpx.compare(base, one, "rollout_rmse"), "the baseline")
-    assert gpx.slope_word(-0.5) == "a slope close to"
-    assert gpx.slope_word(-0.05) == "a shallower slope than"
-    assert gpx.slope_word(-1.0) == "a steeper slope than"
-    assert gpx.slope_word(0.1).startswith("no slope")
+    assert "one seed" in ch.beats(ch.compare(base, one, "rollout_rmse"), "the baseline")
+    assert ch.slope_word(-0.5) == "a slope close to"
+    assert ch.slope_word(-0.05) == "a shallower slope than"
+    assert ch.slope_word(-1.0) == "a steeper slope than"
+    assert ch.slope_word(0.1).startswith("no slope")
 
 
 def test_head_majority_is_the_originals_vote():
     w = np.zeros((3, 10, 10))
     w[:, 9, :9] = np.arange(9)          # every head's top 5 at row 9: points 8, 7, 6, 5, 4
     w[2, 9, :9] = np.arange(9)[::-1]    # one head disagrees: 0, 1, 2, 3, 4
-    top = gpx.head_majority(w, 9, k=5, top=3)
+    top = ch.head_majority(w, 9, k=5, top=3)
     assert top[0] == 4 and set(top[1:]) <= {5, 6, 7, 8}  # 4 is in all three heads' top 5
 
 
@@ -407,15 +407,15 @@ def test_training_gif_frames_leave_training_unchanged_and_survive_forked_workers
 
     from nbhelpers import runtime, train
 
-    cfg = gpx.Config(n_points=24, context=3, context_p=3, pool=6, embed=32, width=16, layers=1, steps=6, evals=2)
+    cfg = ch.Config(n_points=24, context=3, context_p=3, pool=6, embed=32, width=16, layers=1, steps=6, evals=2)
     tr, va = gp.make_pairs(40, 24, seed=0), gp.make_pairs(10, 24, seed=1)
     test = gp.inference_layout(gp.make_pairs(6, 24, seed=2), 3, 6, seed=2)
-    pick = gpx.example_pair(test)
-    snap = gpx.snap_spec(test, pick, 3, seed=0)
+    pick = ch.example_pair(test)
+    snap = ch.snap_spec(test, pick, 3, seed=0)
     keys = ["faithful", "repaired"]
     with runtime.threads(1):
-        off = gpx.run_grid(keys, tr, va, cfg, [0, 1], progress=False)
-        on = gpx.run_grid(keys, tr, va, cfg, [0, 1], progress=False, workers=2, snap=snap)
+        off = ch.run_grid(keys, tr, va, cfg, [0, 1], progress=False)
+        on = ch.run_grid(keys, tr, va, cfg, [0, 1], progress=False, workers=2, snap=snap)
     for s in (0, 1):
         for k in keys:
             pd.testing.assert_frame_equal(on[s][k].history.df, off[s][k].history.df, check_exact=True)
@@ -428,9 +428,9 @@ def test_training_gif_frames_leave_training_unchanged_and_survive_forked_workers
     assert sn.at == train.even_steps(6, 3) == [0, 3, 6]
     assert pred.shape == sd.shape == (3, 24 - cfg.first)
     assert on[0]["faithful"].model.heads == cfg.train_heads   # the probe's inference heads were put back
-    final = gpx.for_row(on[0], "faithful", cfg)                  # the last frame is the trained model's rollout
-    np.testing.assert_allclose(pred[-1], gpx.rollout(final, gpx.to_tensor(test)[pick:pick + 1], cfg.first)[0][0],
+    final = ch.for_row(on[0], "faithful", cfg)                  # the last frame is the trained model's rollout
+    np.testing.assert_allclose(pred[-1], ch.rollout(final, ch.to_tensor(test)[pick:pick + 1], cfg.first)[0][0],
                                rtol=1e-5, atol=1e-6)
-    path = gpx.rollout_gif(on[0], test, cfg, gpx.oracle(test, cfg), pick, tmp_path / "rollout.gif")
+    path = ch.rollout_gif(on[0], test, cfg, ch.oracle(test, cfg), pick, tmp_path / "rollout.gif")
     with Image.open(path) as im:
         assert im.n_frames == 3 and im.size[0] >= 320

@@ -7,7 +7,7 @@ import torch
 
 from nbhelpers import train
 from nbhelpers.data import images
-from nbhelpers.chapters.ch03_vit_hybrid import experiment as E
+from nbhelpers.chapters.ch03_vit_hybrid import experiment as ch
 from nbhelpers.chapters.ch03_vit_hybrid import models as V
 from nbhelpers.train import History, count_params
 
@@ -61,14 +61,14 @@ def test_train_one_on_tiny_synthetic_data():
     data = images.ImageData("mnist", rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 64),
                             rng.integers(0, 256, (32, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 32),
                             [str(i) for i in range(10)])
-    run = E.train_one(data, "vit", E.REPAIRED, 2, "cpu", bug_compatible=False)
+    run = ch.train_one(data, "vit", ch.REPAIRED, 2, "cpu", bug_compatible=False)
     assert list(run.curve.epoch) == [1, 2] and run.curve.test_acc.between(0, 1).all() and run.tokens == 49
     assert (run.curve.train_s > 0).all() and (run.curve.eval_s > 0).all()
     # the original's timing: the mean over every test batch of every epoch
     assert run.ms_unsynced > 0
-    E.time_runs([run], {"mnist": data}, "cpu", n=8, reps=1)
+    ch.time_runs([run], {"mnist": data}, "cpu", n=8, reps=1)
     assert run.ms_per_1000 > 0 and run.model.training         # timed in eval mode, then back in train mode
-    att = E.cls_attention(run.model, torch.randn(3, 1, 28, 28))
+    att = ch.cls_attention(run.model, torch.randn(3, 1, 28, 28))
     assert att.shape == (3, 7, 7)
 
 
@@ -76,11 +76,11 @@ def test_all_datasets_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("NBHELPERS_DATA", str(tmp_path))
     monkeypatch.setattr(images, "load", lambda name, **kw: (_ for _ in ()).throw(images.DataUnavailable(name)))
     with pytest.raises(images.DataUnavailable, match="NBHELPERS_DATA"):
-        E.load("all")
+        ch.load("all")
 
 
 def test_param_table_quotes_the_printed_hybrid_counts():
-    t = E.param_table("small")
+    t = ch.param_table("small")
     assert t.loc["hybrid", "mnist"] == 1_580_042 and t.loc["hybrid, as printed (100-class head)", "mnist"] == 1_591_652
     assert t.loc["hybrid, as printed (100-class head)", "cifar10"] == 1_727_012
 
@@ -160,7 +160,7 @@ def test_whitening_filters_decorrelate_the_patches():
 
 def test_sgd_groups_decay_every_weight_alike_and_speed_up_batchnorm_biases():
     m = V.build("convnet", CIFAR, 10)
-    groups = E.sgd_groups(m, E.REPAIRED)
+    groups = ch.sgd_groups(m, ch.REPAIRED)
     others, biases = groups
     assert biases["lr"] == pytest.approx(64 * others["lr"])
     assert biases["lr"] * biases["weight_decay"] == pytest.approx(others["lr"] * others["weight_decay"])
@@ -172,15 +172,15 @@ def test_sgd_groups_decay_every_weight_alike_and_speed_up_batchnorm_biases():
     assert frozen and not frozen & {id(p) for g in groups for p in g["params"]}  # BN scales, whitening filters
     assert all(p.ndim == 1 for p in biases["params"])
     with pytest.raises(ValueError, match="tta"):
-        E.Recipe("x", tta=3)
+        ch.Recipe("x", tta=3)
     with pytest.raises(ValueError, match="augment"):
-        E.Recipe("x", augment="crop")
+        ch.Recipe("x", augment="crop")
 
 
 def test_triangle_schedule_and_lookahead():
     m = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(m.parameters(), lr=1.0)
-    sched, per = train.schedule(E.REPAIRED.schedule, opt, 100)   # airbench94's triangle
+    sched, per = train.schedule(ch.REPAIRED.schedule, opt, 100)   # airbench94's triangle
     lrs = []
     for _ in range(101):
         lrs.append(opt.param_groups[0]["lr"])
@@ -188,7 +188,7 @@ def test_triangle_schedule_and_lookahead():
         sched.step()
     assert per == "step" and lrs[0] == pytest.approx(0.2) and lrs[23] == pytest.approx(1.0)
     assert lrs[100] == pytest.approx(0.07) and max(lrs) == lrs[23]
-    la = E.Lookahead(steps_per_epoch=10, total_steps=100, start_epoch=1, every=5)
+    la = ch.Lookahead(steps_per_epoch=10, total_steps=100, start_epoch=1, every=5)
     with torch.no_grad():
         m.weight.fill_(1.0)
     la(5, m)                                              # epoch 0: nothing yet
@@ -206,42 +206,42 @@ def test_tta_levels():
     x = torch.randn(2, 3, 8, 8)
     m(x)
     mirror = (m(x) + m(x.flip(-1))) / 2
-    torch.testing.assert_close(E.TTA(m, 1)(x), mirror)
+    torch.testing.assert_close(ch.TTA(m, 1)(x), mirror)
     p = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
     shifted = [p[..., :8, :8], p[..., 2:, 2:]]
     expected = mirror / 2 + sum((m(s) + m(s.flip(-1))) / 2 for s in shifted) / 4
-    torch.testing.assert_close(E.TTA(m, 2)(x), expected)
-    assert E.with_tta(m, E.Recipe("x", tta=1), "mnist") is m                  # no mirror for digits
-    assert E.with_tta(m, E.Recipe("x", tta=2), "mnist").mirror is False
+    torch.testing.assert_close(ch.TTA(m, 2)(x), expected)
+    assert ch.with_tta(m, ch.Recipe("x", tta=1), "mnist") is m                  # no mirror for digits
+    assert ch.with_tta(m, ch.Recipe("x", tta=2), "mnist").mirror is False
 
 
 def test_recipe_rejects_unknown_names():
     with pytest.raises(ValueError, match="optimizer"):
-        E.Recipe("x", optimizer="sgdd")
+        ch.Recipe("x", optimizer="sgdd")
     with pytest.raises(ValueError, match="schedule"):
-        E.Recipe("x", schedule="cosine-ish")
+        ch.Recipe("x", schedule="cosine-ish")
 
 
 def test_original_numbers_only_beside_runs_of_their_size():
-    assert E.original_acc("small", 1, "mnist", "vit") == 97.87
-    assert E.original_acc("small", 15, "mnist", "vit") is None          # table 1 was 1 epoch
-    assert E.original_acc("base6", 15, "cifar10", "hybrid") == 73.17
-    assert E.original_acc("base12", 15, "cifar100", "deepvit") == 29.32
+    assert ch.original_acc("small", 1, "mnist", "vit") == 97.87
+    assert ch.original_acc("small", 15, "mnist", "vit") is None          # table 1 was 1 epoch
+    assert ch.original_acc("base6", 15, "cifar10", "hybrid") == 73.17
+    assert ch.original_acc("base12", 15, "cifar100", "deepvit") == 29.32
     def fake(n_train, epochs, acc, seed=0):
         curve = pd.DataFrame({"epoch": range(1, epochs + 1), "test_acc": [acc] * epochs})
-        return E.VisionRun(label="vit", dataset="mnist", model_name="vit", recipe=E.ORIGINAL, params=1, tokens=4,
+        return ch.VisionRun(label="vit", dataset="mnist", model_name="vit", recipe=ch.ORIGINAL, params=1, tokens=4,
                            history=History(), curve=curve, seed=seed, n_train=n_train, n_test=10_000,
                            group="table 1", size="small")
 
     full = [fake(60_000, 1, 0.978, 0), fake(60_000, 1, 0.976, 1)]
-    assert all(E.comparable(r) for r in full)
-    assert not E.comparable(fake(2_000, 1, 0.9)) and not E.comparable(fake(60_000, 15, 0.98))
-    t = E.summarise(full)
+    assert all(ch.comparable(r) for r in full)
+    assert not ch.comparable(fake(2_000, 1, 0.9)) and not ch.comparable(fake(60_000, 15, 0.98))
+    t = ch.summarise(full)
     assert t.loc[0, "original %"] == 97.87 and t.loc[0, "vs original"].startswith("within noise")
-    assert E.like_for_like_verdict(full).startswith("1 of the 1 rows")
-    assert E.like_for_like_verdict([fake(60_000, 1, 0.90)]).startswith("0 of the 1")
-    assert "none of this run's rows" in E.like_for_like_verdict([fake(2_000, 1, 0.9)])
-    assert np.isnan(E.summarise([fake(2_000, 1, 0.9)]).loc[0, "original %"])
+    assert ch.like_for_like_verdict(full).startswith("1 of the 1 rows")
+    assert ch.like_for_like_verdict([fake(60_000, 1, 0.90)]).startswith("0 of the 1")
+    assert "none of this run's rows" in ch.like_for_like_verdict([fake(2_000, 1, 0.9)])
+    assert np.isnan(ch.summarise([fake(2_000, 1, 0.9)]).loc[0, "original %"])
 
 
 def test_repaired_run_interrupted_after_its_ema_started_resumes_to_the_same_result(tmp_path):
@@ -249,18 +249,18 @@ def test_repaired_run_interrupted_after_its_ema_started_resumes_to_the_same_resu
     data = images.ImageData("cifar10", rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 64),
                             rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 32),
                             [str(i) for i in range(10)])
-    recipe = dataclasses.replace(E.REPAIRED, batch_size=16, amp=False)
+    recipe = dataclasses.replace(ch.REPAIRED, batch_size=16, amp=False)
     args = (data, "convnet", recipe, 5, "cpu")           # 4 steps per epoch; the EMA starts at step 15
-    straight = E.train_one(*args, seed=2, bug_compatible=False)
+    straight = ch.train_one(*args, seed=2, bug_compatible=False)
 
     def disconnect(step, model):
         if step == 18:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        E.train_one(*args, seed=2, bug_compatible=False, on_step=disconnect, checkpoints=str(tmp_path))
+        ch.train_one(*args, seed=2, bug_compatible=False, on_step=disconnect, checkpoints=str(tmp_path))
     steps = []
-    resumed = E.train_one(*args, seed=2, bug_compatible=False, on_step=lambda s, m: steps.append(s),
+    resumed = ch.train_one(*args, seed=2, bug_compatible=False, on_step=lambda s, m: steps.append(s),
                             checkpoints=str(tmp_path))
     assert steps == [17, 18, 19, 20]                     # resumed after epoch 4 (its EMA and whitening state kept)
     cols = ["epoch", "train_loss", "test_acc", "tta_acc"]
@@ -277,23 +277,23 @@ def test_attention_snapshots_leave_training_unchanged_and_make_the_gif(tmp_path)
     data = images.ImageData("mnist", rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 64),
                             rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 16),
                             [str(i) for i in range(10)])
-    recipe = dataclasses.replace(E.ORIGINAL, batch_size=16)   # 4 steps per epoch
-    specs = [E.Spec("patching", "vit", recipe, 1, label="vit · 4 tokens (bug)"),
-             E.Spec("patching", "vit", recipe, 1, bug_compatible=False, patch="coarse", label="vit · true grid"),
-             E.Spec("patching", "cnn", recipe, 1)]
-    on = E.run_grid({"mnist": data}, specs, [0], "cpu", progress=False,
-                     on_step=E.attention_snapshots("mnist", 0, 3, n=4, n_acc=16))
-    off = E.run_grid({"mnist": data}, specs[1:2], [0], "cpu", progress=False)
+    recipe = dataclasses.replace(ch.ORIGINAL, batch_size=16)   # 4 steps per epoch
+    specs = [ch.Spec("patching", "vit", recipe, 1, label="vit · 4 tokens (bug)"),
+             ch.Spec("patching", "vit", recipe, 1, bug_compatible=False, patch="coarse", label="vit · true grid"),
+             ch.Spec("patching", "cnn", recipe, 1)]
+    on = ch.run_grid({"mnist": data}, specs, [0], "cpu", progress=False,
+                     on_step=ch.attention_snapshots("mnist", 0, 3, n=4, n_acc=16))
+    off = ch.run_grid({"mnist": data}, specs[1:2], [0], "cpu", progress=False)
     cols = ["step", "epoch", "train_loss", "lr", "test_acc"]
     pd.testing.assert_frame_equal(on[1].history.df[cols], off[0].history.df[cols], check_exact=True)
     assert off[0].snapshots is None and on[2].snapshots is None        # the CNN records nothing
     for r, g in zip(on[:2], (2, 4)):
         assert r.snapshots.at == train.even_steps(4, 3) == [0, 2, 4]
         assert r.snapshots.frames[0].att.shape == (4, g, g) and 0 <= r.snapshots.frames[-1].acc <= 1
-    path = E.attention_gif(on, data, tmp_path / "cls.gif")
+    path = ch.attention_gif(on, data, tmp_path / "cls.gif")
     with Image.open(path) as im:
         assert im.n_frames == 3 and im.size[0] >= 320
-    with Image.open(E.attention_gif(off[:0], data, tmp_path / "none.gif")) as im:   # nothing recorded: it says so
+    with Image.open(ch.attention_gif(off[:0], data, tmp_path / "none.gif")) as im:   # nothing recorded: it says so
         assert im.n_frames == 1 and im.size[0] >= 320
 
 
@@ -303,12 +303,12 @@ def test_a_run_that_stayed_at_chance_is_not_compared():
     optimisation. The verdict says the comparison cannot be made instead."""
     def fake(label, acc, seed):
         curve = pd.DataFrame({"epoch": [1, 2], "test_acc": [acc, acc]})
-        return E.VisionRun(label=label, dataset="mnist", model_name="convnet", recipe=E.REPAIRED, params=1,
+        return ch.VisionRun(label=label, dataset="mnist", model_name="convnet", recipe=ch.REPAIRED, params=1,
                            tokens=49, history=History(), curve=curve, seed=seed, n_train=60_000, n_test=10_000,
                            group="repaired")
 
     ok = [fake("with", 0.9969, 0), fake("with", 0.9971, 1), fake("without", 0.9960, 0), fake("without", 0.9962, 1)]
-    assert "points" in E.beats_sentence(ok, "repaired", "without", "with", "the control")
+    assert "points" in ch.beats_sentence(ok, "repaired", "without", "with", "the control")
     dead = ok[:3] + [fake("without", 0.098, 1)]
-    text = E.beats_sentence(dead, "repaired", "without", "with", "the control")
+    text = ch.beats_sentence(dead, "repaired", "without", "with", "the control")
     assert text == "on MNIST no comparison: 1 of 2 runs of without stayed at chance (did not train)"

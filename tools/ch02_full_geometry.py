@@ -9,7 +9,7 @@ metrics on the first ``--n-eval`` test pairs after every evaluation interval (``
 with ``--noise`` also the teacher-forced target log-likelihood per point against the exact GP posterior's, and the
 gap).
 
-Model defaults are the chapter's full profile (``gpx.Config``: 64 x 2, self-feeding, Adam 3e-4, a correction on the
+Model defaults are the chapter's full profile (``ch.Config``: 64 x 2, self-feeding, Adam 3e-4, a correction on the
 parameter-free baseline; ``--no-on-baseline`` trains the attention-only control).
 
     python tools/ch02_full_geometry.py --steps 3000 --evals 3 --n-train 50000   # noise-free (1 CPU thread)
@@ -26,9 +26,9 @@ import torch
 
 from nbhelpers import runtime
 from nbhelpers import train as training
-from nbhelpers.chapters.ch02_gp_sequences import data as data
-from nbhelpers.chapters.ch02_gp_sequences import experiment as gpx
-from nbhelpers.chapters.ch02_gp_sequences import models as models
+from nbhelpers.chapters.ch02_gp_sequences import data
+from nbhelpers.chapters.ch02_gp_sequences import experiment as ch
+from nbhelpers.chapters.ch02_gp_sequences import models
 
 
 def positive(kind):
@@ -43,10 +43,10 @@ def positive(kind):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=positive(int), default=4000)
-    ap.add_argument("--width", type=positive(int), default=gpx.Config.width, help="repaired model width")
-    ap.add_argument("--layers", type=positive(int), default=gpx.Config.layers, help="blocks per stream")
-    ap.add_argument("--lr", type=positive(float), default=gpx.Config.lr)
-    ap.add_argument("--self-feed", action=argparse.BooleanOptionalAction, default=gpx.Config.self_feed,
+    ap.add_argument("--width", type=positive(int), default=ch.Config.width, help="repaired model width")
+    ap.add_argument("--layers", type=positive(int), default=ch.Config.layers, help="blocks per stream")
+    ap.add_argument("--lr", type=positive(float), default=ch.Config.lr)
+    ap.add_argument("--self-feed", action=argparse.BooleanOptionalAction, default=ch.Config.self_feed,
                     help="train on its own one-step predictions (models.Repaired)")
     ap.add_argument("--on-baseline", action=argparse.BooleanOptionalAction, default=True,
                     help="the repaired model (a correction on the parameter-free baseline); off: the attention-only "
@@ -61,35 +61,35 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.noise < 0:
         ap.error(f"--noise must be >= 0, got {a.noise}")
-    if a.width % gpx.Config.heads:
-        ap.error(f"--width must be divisible by the {gpx.Config.heads} attention heads, got {a.width}")
+    if a.width % ch.Config.heads:
+        ap.error(f"--width must be divisible by the {ch.Config.heads} attention heads, got {a.width}")
     device = runtime.pick_device(a.device)
     torch.set_num_threads(a.threads)
 
     t0 = time.time()
-    cfg = gpx.Config(width=a.width, layers=a.layers, steps=a.steps, lr=a.lr, evals=a.evals, self_feed=a.self_feed)
+    cfg = ch.Config(width=a.width, layers=a.layers, steps=a.steps, lr=a.lr, evals=a.evals, self_feed=a.self_feed)
     n_fit = int(0.8 * a.n_train)
     train = data.make_pairs(n_fit, cfg.n_points, noise=a.noise, seed=0, device=device)
     test = data.inference_pairs(a.n_test, cfg.n_points, cfg.context_p, cfg.pool, 2, noise=a.noise)
     head = test.head(a.n_eval)
     noisy = a.noise > 0
-    ref = gpx.oracle(head, cfg, noise=a.noise, loglik=noisy)
-    base = gpx.baseline(head, cfg)
+    ref = ch.oracle(head, cfg, noise=a.noise, loglik=noisy)
+    base = ch.baseline(head, cfg)
     print(f"data {time.time() - t0:.0f} s; on {a.n_eval} pairs: oracle first |err| {ref['first_abs']:.4f}, "
           f"RMSE {ref['rollout_rmse']:.4f}" + (f", loglik {ref['loglik']:.4f}" if noisy else "")
           + f"; parameter-free baseline first |err| {base['first_abs']:.4f}, RMSE {base['rollout_rmse']:.4f}",
           flush=True)
 
     key = "repaired" if a.on_baseline else "attention_only"
-    row = gpx.ROWS[key]
+    row = ch.ROWS[key]
     torch.manual_seed(0)
-    model = gpx.build(row, cfg).to(device)
-    batches = gpx.Batches(train, row.regime, cfg, max(1, cfg.steps // cfg.evals), seed=0)  # one evaluation interval
+    model = ch.build(row, cfg).to(device)
+    batches = ch.Batches(train, row.regime, cfg, max(1, cfg.steps // cfg.evals), seed=0)  # one evaluation interval
 
     def metrics(m, pairs, oracle_loglik=None):
-        r = gpx.evaluate(m, row, pairs, cfg)
+        r = ch.evaluate(m, row, pairs, cfg)
         if noisy:
-            r["loglik"] = gpx.target_loglik(m, pairs, cfg)
+            r["loglik"] = ch.target_loglik(m, pairs, cfg)
             r["oracle_loglik"] = oracle_loglik
             r["gap"] = oracle_loglik - r["loglik"]
         return r
@@ -104,10 +104,10 @@ def main(argv=None):
     if hist.status != "ok":
         raise SystemExit(f"training stopped: {hist.reason}")
     model.eval()
-    full_ref = gpx.oracle(test, cfg, noise=a.noise, loglik=noisy)
+    full_ref = ch.oracle(test, cfg, noise=a.noise, loglik=noisy)
     final = metrics(model, test, full_ref.get("loglik"))
     final.update(oracle_first_abs=full_ref["first_abs"], oracle_rmse=full_ref["rollout_rmse"])
-    fb = gpx.baseline(test, cfg)
+    fb = ch.baseline(test, cfg)
     final.update(baseline_first_abs=fb["first_abs"], baseline_rmse=fb["rollout_rmse"])
     out = {**vars(a), "params": training.count_params(model), "train_s": round(hist.wall_s),
            **{k: round(v, 4) for k, v in final.items()}, "wall_s": round(time.time() - t0)}

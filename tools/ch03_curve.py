@@ -22,7 +22,7 @@ import torch
 
 from nbhelpers import runtime
 from nbhelpers.data import images
-from nbhelpers.chapters.ch03_vit_hybrid import experiment as E
+from nbhelpers.chapters.ch03_vit_hybrid import experiment as ch
 from nbhelpers.chapters.ch03_vit_hybrid import models as V
 
 
@@ -50,13 +50,13 @@ def main(argv=None) -> int:
     runtime.keep_freed_memory()
     device = runtime.pick_device(a.device)
     data = images.load(a.dataset).subset(a.n_train or None, None)       # fails clearly when the data is absent
-    base = E.REPAIRED if a.recipe == "repaired" else E.ORIGINAL
+    base = ch.REPAIRED if a.recipe == "repaired" else ch.ORIGINAL
     recipe = dataclasses.replace(base, batch_size=a.batch or base.batch_size, lr=a.lr or base.lr)
     print(f"{a.model} on {a.dataset}: {len(data.x_train)} train / {len(data.x_test)} test, {a.epochs} epochs, "
           f"device {device}, precision {runtime.amp_for(device) if recipe.amp else 'fp32'}, "
           f"threads {torch.get_num_threads()}", flush=True)
     t0 = time.perf_counter()
-    r = E.train_one(data, a.model, recipe, a.epochs, device, seed=a.seed, bug_compatible=a.recipe == "original",
+    r = ch.train_one(data, a.model, recipe, a.epochs, device, seed=a.seed, bug_compatible=a.recipe == "original",
                     progress=True)
     wall = time.perf_counter() - t0
     a.out.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         "final_acc": float(r.curve.test_acc.iloc[-1]), "curve": r.curve.to_dict("records"),
         "versions": runtime.versions()}, indent=1))
     print(r.curve.to_string(index=False))
-    print(f"params {r.params:,}  the chapter's accuracy ({E.RULES[recipe.report]}) {100 * r.acc:.2f} %  "
+    print(f"params {r.params:,}  the chapter's accuracy ({ch.RULES[recipe.report]}) {100 * r.acc:.2f} %  "
           f"last epoch without TTA {100 * r.curve.test_acc.iloc[-1]:.2f} %"
           f"  wall {wall:.0f} s  ({wall / a.epochs:.0f} s / epoch)")
     return 0 if r.history.ok else 1
