@@ -1,15 +1,8 @@
-"""The opening of every chapter notebook: one call that checks the parameters, applies the profile, seeds
-everything, prints the run header, starts the chapter's ``Results`` and sets the plot style::
-
-    from nbhelpers import params
-    from nbhelpers.chapters.ch05_activations import experiment as ch
-
-    book = ch.start(globals(), steps=params.Int(1, 100_000), lr=params.Float(1e-6, 10))
-    run, res, SEEDS = book.run, book.res, book.seeds
-
-Each chapter's ``experiment.start`` is ``chapter.start`` with the chapter's name taken from its package
-(``nbhelpers.chapters.ch05_activations`` -> ``05_activations``, the notebook's name: a test keeps the two equal)
-and the chapter's own cross-parameter checks (``validate``), which run before anything is seeded or computed.
+"""The opening of every chapter notebook, ``book = ch.start(globals(), steps=params.Int(1, 100_000), ...)``: one
+call that checks the parameters, applies the profile, seeds everything, prints the run header, starts the chapter's
+``Results`` and sets the plot style. Each chapter's ``experiment.start`` is ``chapter.start`` with the chapter's name
+taken from its package (``nbhelpers.chapters.ch05_activations`` -> ``05_activations``, the notebook's name: a test
+keeps the two equal) and the chapter's own cross-parameter checks (``validate``), run before anything is seeded.
 """
 from __future__ import annotations
 

@@ -62,6 +62,7 @@ def test_train_one_on_tiny_synthetic_data():
                             rng.integers(0, 256, (32, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 32),
                             [str(i) for i in range(10)])
     run = ch.train_one(data, "vit", ch.REPAIRED, 2, "cpu", bug_compatible=False)
+    assert run.recipe == ch.REPAIRED.for_dataset("mnist") and run.recipe.lr == ch.REPAIRED.lr / 2   # MNIST's rate
     assert list(run.curve.epoch) == [1, 2] and run.curve.test_acc.between(0, 1).all() and run.tokens == 49
     assert (run.curve.train_s > 0).all() and (run.curve.eval_s > 0).all()
     # the original's timing: the mean over every test batch of every epoch
@@ -213,6 +214,14 @@ def test_tta_levels():
     torch.testing.assert_close(ch.TTA(m, 2)(x), expected)
     assert ch.with_tta(m, ch.Recipe("x", tta=1), "mnist") is m                  # no mirror for digits
     assert ch.with_tta(m, ch.Recipe("x", tta=2), "mnist").mirror is False
+
+
+def test_recipe_learning_rate_per_dataset():
+    assert ch.REPAIRED.for_dataset("mnist").lr == 5.75 and ch.REPAIRED.for_dataset("cifar10").lr == ch.REPAIRED.lr
+    assert ch.ORIGINAL.for_dataset("mnist") == ch.ORIGINAL          # a recipe without dataset_lr is unchanged
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    rates = [ch.optimizer_for(model, ch.REPAIRED.for_dataset(d)).param_groups[0]["lr"] for d in ("mnist", "cifar10")]
+    assert rates[0] == pytest.approx(rates[1] / 2)
 
 
 def test_recipe_rejects_unknown_names():

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
                     help="original: the chapter-3 original's recipe with its bug-compatible models")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch", type=int, default=0, help="0: the recipe's")
-    ap.add_argument("--lr", type=float, default=0.0, help="0: the recipe's")
+    ap.add_argument("--lr", type=float, default=0.0, help="0: the recipe's (its rate for the dataset)")
     ap.add_argument("--n-train", type=int, default=0, help="0 = the whole training set")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -51,7 +51,9 @@ def main(argv=None) -> int:
     device = runtime.pick_device(a.device)
     data = images.load(a.dataset).subset(a.n_train or None, None)       # fails clearly when the data is absent
     base = ch.REPAIRED if a.recipe == "repaired" else ch.ORIGINAL
-    recipe = dataclasses.replace(base, batch_size=a.batch or base.batch_size, lr=a.lr or base.lr)
+    recipe = dataclasses.replace(base, batch_size=a.batch or base.batch_size)
+    if a.lr:   # one rate for every dataset, the recipe's per-dataset rates included
+        recipe = dataclasses.replace(recipe, lr=a.lr, dataset_lr=())
     print(f"{a.model} on {a.dataset}: {len(data.x_train)} train / {len(data.x_test)} test, {a.epochs} epochs, "
           f"device {device}, precision {runtime.amp_for(device) if recipe.amp else 'fp32'}, "
           f"threads {torch.get_num_threads()}", flush=True)
