@@ -533,11 +533,12 @@ def _tags(cell) -> list:
     return cell.get("metadata", {}).get("tags", [])
 
 
-def refresh_prose(ch: Chapter, stage: Path) -> bool:
+def refresh_prose(ch: Chapter, stage: Path) -> str | bool:
     """Give the staged executed copy of an unchanged chapter the source's current markdown: the source's cells in
     order, each code cell replaced by its executed counterpart (outputs and papermill's injected parameters kept),
-    after the run header. Rewritten (atomically) only when something differs. False when the executed copy's code
-    cells do not pair up with the source's (then the chapter must be executed)."""
+    after the run header. Rewritten (atomically) only when something differs: returns "refreshed" then, "same"
+    otherwise, and False when the executed copy's code cells do not pair up with the source's (then the chapter
+    must be executed)."""
     import nbformat
 
     final = stage / "notebooks" / ch.source.name
@@ -563,7 +564,8 @@ def refresh_prose(ch: Chapter, stage: Path) -> bool:
         groups = iter(groups)
         done.cells = head + lead + [x for c in src.cells for x in (next(groups) if c.cell_type == "code" else [c])]
         _write_atomic(final, nbformat.writes(done))
-    return True
+        return "refreshed"
+    return "same"
 
 
 def execute(ch: Chapter, stage: Path, log=print, key: str | None = None) -> None:
@@ -714,9 +716,10 @@ def _run(root: Path, out: Path, args, chapters: list[Chapter]) -> int:
         for ch in chapters:
             key = input_key(ch, args.profile)
             since = None if args.force else unchanged_since(ch, stage, key)
-            if since and refresh_prose(ch, stage):
-                ch.status, ch.detail = "skipped", f"(unchanged since {since})"
-                print(f"[{ch.stem}] skipped (unchanged since {since})", flush=True)
+            if since and (prose := refresh_prose(ch, stage)):
+                ch.status = "skipped"
+                ch.detail = f"(unchanged since {since})" + ("; its prose refreshed" if prose == "refreshed" else "")
+                print(f"[{ch.stem}] skipped {ch.detail}", flush=True)
                 continue
             print(f"[{ch.stem}] running (profile {args.profile}) with {ch.params}", flush=True)
             execute(ch, stage, key=key)

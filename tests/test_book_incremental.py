@@ -163,6 +163,7 @@ def test_prose_only_edit_updates_markdown_without_executing(book_copy):
     before_nonce = nonce(book_copy)
     rc, out = run(book_copy)
     assert rc == 0 and f"[{STEM}] skipped (unchanged since " in out and "running" not in out, out
+    assert "; its prose refreshed" in out    # the summary says the edit reached the page
     assert nonce(book_copy) == before_nonce
     done = nbformat.read(staged(book_copy) / f"{STEM}.ipynb", as_version=4)
     kinds = [(c.cell_type, c.metadata.get("tags", [])) for c in done.cells]
