@@ -6,10 +6,13 @@ keeps the two equal) and the chapter's own cross-parameter checks (``validate``)
 """
 from __future__ import annotations
 
+import ast
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 from . import params, results, runtime
 from .viz import style
@@ -50,8 +53,6 @@ def checking_only():
 def is_opening(stmt) -> bool:
     """Whether an ``ast`` statement of a notebook's validation cell is its opening call: ``params.check(...)`` or
     ``<chapter>.start(globals(), ...)``."""
-    import ast
-
     for node in ast.walk(stmt):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             if node.func.attr == "check" and isinstance(node.func.value, ast.Name) and node.func.value.id == "params":
@@ -82,11 +83,8 @@ def start(namespace: dict, module: str, validate: Callable[[dict], None] | None 
     if _checking_only:
         raise Checked(name)
     if checked.get("cpu_threads"):
-        import torch
-
         torch.set_num_threads(checked["cpu_threads"])
     run = runtime.start(checked["profile"], checked["seed"], checked["device"])
     res = results.Results(name, run)
     style.use()
-    first = checked["seed"]
-    return Opening(name, checked, run, res, list(range(first, first + checked.get("seeds", 1))))
+    return Opening(name, checked, run, res, list(range(checked["seed"], checked["seed"] + checked.get("seeds", 1))))
