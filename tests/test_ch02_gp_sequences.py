@@ -141,6 +141,8 @@ MODELS = {
     "residual": lambda: models.Faithful(embed=16, residual=True),
     "repaired": lambda: models.Repaired(width=16, heads=2, layers=2, n_freq=4),
     "repaired_on_baseline": lambda: models.Repaired(width=16, heads=2, layers=2, n_freq=4, on_baseline=True),
+    "repaired_on_interpolation": lambda: models.Repaired(width=16, heads=2, layers=2, n_freq=4, on_baseline=True,
+                                                         smooth=False),
 }
 
 
@@ -232,6 +234,46 @@ def test_twin_baseline_is_the_parameter_free_baseline_in_the_inference_layout():
     tb = models.twin_baseline(ch.to_tensor(test))[:, cfg.first].numpy()
     np.testing.assert_allclose(tb, base["mean"][:, 0], atol=1e-5)
     assert base["rollout_rmse"] < 0.5 * np.std(test.y[:, cfg.first:])  # it is a real prediction
+
+
+def test_smoothers_are_weighted_local_linear_fits_and_smooth_noise_away():
+    cfg = ch.Config()  # the original's geometry: 400 points, 50 context points among the lowest 120
+    test = gp.inference_layout(gp.make_pairs(8, 400, noise=0.1, seed=4), cfg.context_p, cfg.pool, seed=0)
+    inp = ch.to_tensor(test)
+    b = models.baselines(inp).numpy()
+    assert b.shape == (8, 400, 1 + len(models.SMOOTH_BANDWIDTHS))
+    np.testing.assert_array_equal(b[..., 0], models.twin_baseline(inp).numpy())
+    n, t = cfg.n_points // 2, cfg.first  # the first target: series 1 all seen, then the context
+    x, y = test.x.astype(np.float64), test.y.astype(np.float64)
+    for k, h in enumerate(models.SMOOTH_BANDWIDTHS, 1):  # float64 reference: weighted least squares at x_t
+        for i in range(3):
+            def fit(u):  # series 1 smoothed at x[i, u] (series 1 is the first n points)
+                w = np.sqrt(np.exp(-0.5 * ((x[i, :n] - x[i, u]) / h) ** 2))
+                A = np.stack([np.ones(n), x[i, :n] - x[i, u]], 1) * w[:, None]
+                return np.linalg.lstsq(A, y[i, :n] * w, rcond=None)[0][0]
+            level = np.mean([y[i, j] - fit(j) for j in range(n, t)])  # the context's mean offset from the fit
+            assert b[i, t, k] == pytest.approx(fit(t) + level, abs=1e-5)
+    err = b[:, t:] - test.y[:, t:, None]
+    rmse = np.sqrt((err ** 2).mean((0, 1)))
+    assert rmse[1:].min() < 0.9 * rmse[0]  # noisy pairs: smoothing beats interpolating the noise
+    clean = gp.inference_layout(gp.make_pairs(8, 400, seed=4), cfg.context_p, cfg.pool, seed=0)
+    err = models.baselines(ch.to_tensor(clean)).numpy()[:, t:] - clean.y[:, t:, None]
+    rmse = np.sqrt((err ** 2).mean((0, 1)))
+    assert rmse[0] < rmse[1:].min()  # noise-free: interpolation beats every smoother
+
+
+def test_repaired_blend_starts_on_the_interpolation():
+    torch.manual_seed(0)
+    inp = _inp()
+    model = models.Repaired(width=16, heads=2, layers=1, n_freq=4, on_baseline=True)
+    w = model.blend_weights(inp)
+    np.testing.assert_allclose(w[..., 0].detach().numpy(), math.exp(2) / (math.exp(2) + 3), rtol=1e-5)
+    expected = (w * models.baselines(inp)).sum(-1)  # the correction starts at zero: μ is the blend
+    torch.testing.assert_close(model(inp)[..., 0], expected)
+    plain = models.Repaired(width=16, heads=2, layers=1, n_freq=4, on_baseline=True, smooth=False)
+    torch.testing.assert_close(plain(inp)[..., 0], models.twin_baseline(inp))
+    with pytest.raises(ValueError, match="no blend"):
+        plain.blend_weights(inp)
 
 
 def test_nearest_same_series_uses_earlier_points_only():
@@ -386,6 +428,14 @@ def test_repair_words_and_the_originals_slope():
     assert ch.beats(ch.compare(better, base, "rollout_rmse"), "x") == "is worse than x"
     one = pd.Series({"rollout_rmse": 0.05, "rollout_rmse_sd": 0.0, "n_seeds": 1})
     assert "one seed" in ch.beats(ch.compare(base, one, "rollout_rmse"), "the baseline")
+    ll = pd.Series({"loglik": 0.5, "loglik_sd": 0.01, "n_seeds": 3, "loglik_n": 3})
+    ll_up = pd.Series({"loglik": 0.8, "loglik_sd": 0.01, "n_seeds": 3, "loglik_n": 3})
+    assert ch.beats(ch.compare(ll, ll_up, "loglik", higher_is_better=True), "x") == "beats x"  # higher is better
+    assert ch.beats(ch.compare(ll_up, ll, "loglik", higher_is_better=True), "x") == "is worse than x"
+    assert ch.compare(ll, ll_up, "loglik", floor=1.0, higher_is_better=True)["share"] == pytest.approx(0.6)
+    one_noisy = ll_up.copy()
+    one_noisy["loglik_n"] = 1  # three seeds, but only one trained on noisy pairs
+    assert "one seed" in ch.beats(ch.compare(ll, one_noisy, "loglik", higher_is_better=True), "x")
     assert ch.slope_word(-0.5) == "a slope close to"
     assert ch.slope_word(-0.05) == "a shallower slope than"
     assert ch.slope_word(-1.0) == "a steeper slope than"

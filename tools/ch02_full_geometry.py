@@ -15,10 +15,12 @@ parameter-free baseline; ``--no-on-baseline`` trains the attention-only control)
     python tools/ch02_full_geometry.py --steps 3000 --evals 3 --n-train 50000   # noise-free (1 CPU thread)
     python tools/ch02_full_geometry.py --steps 4000 --noise 0.1                 # noisy variant, loglik vs the oracle
     python tools/ch02_full_geometry.py --steps 4000 --no-self-feed              # trained on true values only
+    python tools/ch02_full_geometry.py --steps 1000 --noise 0.1 --no-smooth     # the base: interpolation alone
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -51,6 +53,9 @@ def main(argv=None):
     ap.add_argument("--on-baseline", action=argparse.BooleanOptionalAction, default=True,
                     help="the repaired model (a correction on the parameter-free baseline); off: the attention-only "
                          "control that predicts mu from scratch")
+    ap.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=True,
+                    help="the base is a learned blend of the interpolation and local-linear smoothers (models.Repaired)"
+                         "; off: the interpolation alone (the repair before the noisy target was met)")
     ap.add_argument("--noise", type=float, default=0.0, help="observation noise sigma_n (0 = noise-free pairs)")
     ap.add_argument("--n-train", type=positive(int), default=150_000)
     ap.add_argument("--n-test", type=positive(int), default=500)
@@ -82,6 +87,8 @@ def main(argv=None):
 
     key = "repaired" if a.on_baseline else "attention_only"
     row = ch.ROWS[key]
+    if a.on_baseline:
+        row = dataclasses.replace(row, switches={**row.switches, "smooth": a.smooth})
     torch.manual_seed(0)
     model = ch.build(row, cfg).to(device)
     batches = ch.Batches(train, row.regime, cfg, max(1, cfg.steps // cfg.evals), seed=0)  # one evaluation interval

@@ -57,7 +57,10 @@ ROWS = {
                     switches={"on_baseline": True}),
     "attention_only": Row("Repaired without the baseline residual", "control: μ from scratch", model="repaired",
                           regime="infer", loss="exact", switches={"on_baseline": False}),
+    "interp_base": Row("Repaired on the interpolation alone", "control: no smoothing", model="repaired",
+                       regime="infer", loss="exact", switches={"on_baseline": True, "smooth": False}),
 }
+CONTROLS = ("attention_only", "interp_base")  # the repaired model's controls, trained whenever it is
 ABLATIONS = tuple(k for k, r in ROWS.items() if k != "faithful" and r.model == "faithful")
 TRAINED = tuple(k for k, r in ROWS.items() if r.trains)
 METRICS = ("first_step", "first_abs", "toward", "gap_slope", "gap_corr", "rollout_rmse", "tf_r2", "loglik")
@@ -113,7 +116,7 @@ def config(p: dict) -> Config:
 def row_keys(p: dict) -> tuple[list, list]:
     """The rows the notebook runs (the faithful model, the chosen ablations, the repaired model and its control)
     and those of them also trained on noisy pairs."""
-    rows = ["faithful", *(ABLATIONS if "all" in p["ablations"] else p["ablations"]), "repaired", "attention_only"]
+    rows = ["faithful", *(ABLATIONS if "all" in p["ablations"] else p["ablations"]), "repaired", *CONTROLS]
     return rows, [k for k in (TRAINED if "all" in p["noisy_rows"] else p["noisy_rows"]) if k in rows]
 
 
@@ -424,6 +427,15 @@ def evaluate(model, row: Row, test: data.Pairs, cfg: Config) -> dict:
             "tf_r2": float(r2)}
 
 
+@torch.no_grad()
+def smooth_share(model, test: data.Pairs, cfg: Config) -> float:
+    """The repaired model's mean blend weight on the smoothers (1 − its weight on the interpolation) over the
+    target points, teacher-forced: near 0 where it interpolates, near 1 where it smooths the seen series."""
+    inp = to_tensor(test).to(next(model.parameters()).device)
+    w = torch.cat([model.blend_weights(inp[i:i + 128]) for i in range(0, len(inp), 128)])
+    return float(1 - w[:, cfg.first:, 0].mean())
+
+
 def target_loglik(model, test: data.Pairs, cfg: Config) -> float:
     """Mean over target points of log N(y_t | μ_t, σ_t), teacher-forced (= the chain rule of the joint)."""
     out = teacher_forced(model, to_tensor(test))[:, cfg.first:]
@@ -479,30 +491,37 @@ def runs_table(clean: dict, noisy: dict, test: data.Pairs, noisy_test: data.Pair
 
 
 def summarise(runs: pd.DataFrame, refs: dict) -> pd.DataFrame:
-    """Mean and sd over seeds per row (columns <metric> and <metric>_sd, n_seeds), then the reference rows
-    ``refs`` ({key: (label, metrics dict)}: the oracle and the baseline, sd 0)."""
+    """Mean and sd over seeds per row (columns <metric> and <metric>_sd, n_seeds, and loglik_n: the seeds with a
+    noisy-trained model), then the reference rows ``refs`` ({key: (label, metrics dict)}: the oracle and the
+    baseline, sd 0)."""
     g = runs.groupby("key", sort=False)
     mean, sd = g[list(METRICS)].mean(), g[list(METRICS)].std(ddof=1).fillna(0.0)
     out = mean.join(sd.add_suffix("_sd"))
     out["n_seeds"] = g.size()
+    out["loglik_n"] = g["loglik"].count()  # the noisy rows train on the first noisy_seeds seeds only
     out.insert(0, "model", g["model"].first())
     out.insert(1, "cause", g["cause"].first())
     for key, (label, m) in refs.items():
-        out.loc[key] = {"model": label, "cause": "—", "n_seeds": 0,
+        out.loc[key] = {"model": label, "cause": "—", "n_seeds": 0, "loglik_n": 0,
                         **{k: m.get(k, float("nan")) for k in METRICS}, **{f"{k}_sd": 0.0 for k in METRICS}}
     return out
 
 
-def compare(base: pd.Series, other: pd.Series, metric: str, floor: float = 0.0) -> dict:
-    """Is ``other`` different from ``base`` on ``metric`` (lower is better) beyond seed noise?
+def compare(base: pd.Series, other: pd.Series, metric: str, floor: float = 0.0, higher_is_better: bool = False
+            ) -> dict:
+    """Is ``other`` different from ``base`` on ``metric`` (lower is better, unless ``higher_is_better``, as for
+    ``loglik``) beyond seed noise?
 
-    diff = other − base; se from the two seed spreads; significant when |diff| > 2·se (and se is known: at least
-    two seeds each). share = the part of base's excess over ``floor`` (the oracle) that ``other`` removes.
+    diff = other − base (its sign flipped when higher is better, so a negative diff is always an improvement); se
+    from the two seed spreads; significant when |diff| > 2·se (and se is known: at least two seeds each).
+    share = the part of base's excess over ``floor`` (the oracle) that ``other`` removes.
     """
-    d = float(other[metric] - base[metric])
-    n1, n2 = int(base["n_seeds"]), int(other["n_seeds"])  # 0: a reference row (oracle, baseline), exact
+    sign = -1.0 if higher_is_better else 1.0
+    d = sign * float(other[metric] - base[metric])
+    n = f"{metric}_n" if f"{metric}_n" in base.index else "n_seeds"  # seeds that measured it
+    n1, n2 = int(base[n]), int(other[n])  # 0: a reference row (oracle, baseline), exact
     se = math.sqrt(base[f"{metric}_sd"] ** 2 / max(n1, 1) + other[f"{metric}_sd"] ** 2 / max(n2, 1))
-    excess = float(base[metric] - floor)
+    excess = sign * float(base[metric] - floor)
     share = -d / excess if excess > 1e-12 else 0.0
     known = n1 != 1 and n2 != 1 and math.isfinite(d)
     return {"diff": d, "se": se, "share": share, "known": known, "significant": known and abs(d) > 2 * se}

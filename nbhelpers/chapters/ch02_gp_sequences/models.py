@@ -46,6 +46,72 @@ def nearest_same_series(inp: torch.Tensor) -> torch.Tensor:
     return torch.gather(y, 1, d.argmin(-1)) * ok.any(-1)
 
 
+SMOOTH_BANDWIDTHS = (0.1, 0.2, 0.4)  # local-linear smoothers the repaired model may blend with the interpolation
+# (``baselines`` computes the narrower weights as powers of the widest: keep (widest / h)² whole)
+
+
+def _levels(inp: torch.Tensor, before: torch.Tensor, fits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``fits`` (B, T, K) of the other series at every x_t, plus their levels: the mean, over the earlier points of
+    t's own series, of their difference from the same fit (each made from the points before them). 0 where not
+    ``valid`` (nothing of the other series seen yet)."""
+    s, y = inp[..., 1], inp[..., 2]
+    diff = torch.where(valid[..., None], y[..., None] - fits, torch.zeros_like(fits))
+    same = (before & (s[:, :, None] == s[:, None, :]) & valid[:, None, :]).to(fits.dtype)
+    level = (same @ diff) / same.sum(-1, keepdim=True).clamp_min(1)
+    return torch.where(valid[..., None], fits + level, torch.zeros_like(fits))
+
+
+def _interpolate(x, y, other, dx):
+    """The other series' earlier points linearly interpolated at every x_t (held constant beyond its ends, as
+    ``np.interp``), and where that exists."""
+    left, right = other & (dx <= 0), other & (dx >= 0)
+    lj = dx.masked_fill(~left, float("-inf")).argmax(-1)
+    rj = dx.masked_fill(~right, float("inf")).argmin(-1)
+    has_l, has_r = left.any(-1), right.any(-1)
+    xl, yl, xr, yr = (torch.gather(v, 1, j) for v, j in ((x, lj), (y, lj), (x, rj), (y, rj)))
+    w = ((x - xl) / (xr - xl).clamp_min(1e-9)).clamp(0, 1)
+    return torch.where(has_l & has_r, yl + w * (yr - yl), torch.where(has_l, yl, yr)), has_l | has_r
+
+
+def baselines(inp: torch.Tensor, bandwidths=SMOOTH_BANDWIDTHS) -> torch.Tensor:
+    """(B, T, 1 + len(bandwidths)): parameter-free predictions of every point t from the points j < t (causal).
+
+    First the interpolation (``twin_baseline``), then, per bandwidth h, a **smoother**: a local-linear fit, with
+    Gaussian weights of width h (in units of x), to the other series' earlier points at x_t. Interpolating passes
+    the neighbours' observation noise on; smoothing averages it away at the price of some bias where the curve
+    bends. Each adds the level of t's own series (``_levels``). The weighted moments of the smoothers come from
+    one matrix product per bandwidth; the weights of the narrower ones are powers of the widest one's, so each
+    bandwidth must be the widest divided by the square root of a whole number (the defaults: by 2 and 4).
+    """
+    x, s, y = inp[..., 0], inp[..., 1], inp[..., 2]
+    before = causal_mask(x.shape[1], x.device)
+    other = before & (s[:, :, None] != s[:, None, :])
+    dx = x[:, None, :] - x[:, :, None]  # (B, t, j): x_j - x_t
+    interp, valid = _interpolate(x, y, other, dx)
+    fits = [interp]
+    if bandwidths:
+        # the moments about x_t below subtract nearly equal sums: float64, and x centred (x in [5, 15))
+        xc, yd = (x - 10.0).double(), y.double()
+        vec = torch.stack([torch.ones_like(xc), xc, xc * xc, yd, xc * yd], -1)  # (B, T, 5)
+        widest = max(bandwidths)
+        # one exp (of arguments clamped above the denormals: a weight below e^-80 is 0 here anyway), masked once;
+        # the narrower widths are its powers: exp(-d²/2h²) = exp(-d²/2H²) ** (H/h)²
+        base = torch.exp((dx * dx * (-0.5 / widest ** 2)).clamp_min(-80.0)) * other.to(x.dtype)
+        for h in bandwidths:
+            power = (widest / h) ** 2
+            if abs(power - round(power)) > 1e-9:
+                raise ValueError(f"bandwidth {h} is not the widest ({widest}) divided by the square root of a whole "
+                                 "number")
+            w = base ** round(power)
+            m0, m1, m2, t0, t1 = (w.double() @ vec).unbind(-1)
+            s1, s2, u1 = m1 - xc * m0, m2 - 2 * xc * m1 + xc * xc * m0, t1 - xc * t0  # moments about x_t
+            det = m0 * s2 - s1 * s1
+            slope_ok = det > 1e-4 * (m0 * h) ** 2  # enough spread among the weighted points to fit a slope
+            fit = torch.where(slope_ok, (s2 * t0 - s1 * u1) / det.clamp_min(1e-300), t0 / m0.clamp_min(1e-300))
+            fits.append(torch.where(m0 > 1e-12, fit.to(y.dtype), interp))  # too far from every point: interpolate
+    return _levels(inp, before, torch.stack(fits, -1), valid)
+
+
 def twin_baseline(inp: torch.Tensor) -> torch.Tensor:
     """(B, T) the parameter-free prediction of every point t from the points j < t only (causal).
 
@@ -55,22 +121,7 @@ def twin_baseline(inp: torch.Tensor) -> torch.Tensor:
     chapter's baseline: series 1 interpolated at x_t plus the context's (and the rollout's) mean offset. 0 where
     nothing of the other series has been seen yet.
     """
-    x, s, y = inp[..., 0], inp[..., 1], inp[..., 2]
-    before = causal_mask(x.shape[1], x.device)
-    other = before & (s[:, :, None] != s[:, None, :])
-    dx = x[:, None, :] - x[:, :, None]  # (B, t, j): x_j - x_t
-    left, right = other & (dx <= 0), other & (dx >= 0)
-    lj = dx.masked_fill(~left, float("-inf")).argmax(-1)
-    rj = dx.masked_fill(~right, float("inf")).argmin(-1)
-    has_l, has_r = left.any(-1), right.any(-1)
-    xl, yl, xr, yr = (torch.gather(v, 1, j) for v, j in ((x, lj), (y, lj), (x, rj), (y, rj)))
-    w = ((x - xl) / (xr - xl).clamp_min(1e-9)).clamp(0, 1)
-    interp = torch.where(has_l & has_r, yl + w * (yr - yl), torch.where(has_l, yl, yr))
-    valid = has_l | has_r
-    diff = torch.where(valid, y - interp, torch.zeros_like(y))
-    same = before & (s[:, :, None] == s[:, None, :]) & valid[:, None, :]
-    level = (same * diff[:, None, :]).sum(-1) / same.sum(-1).clamp_min(1)
-    return torch.where(valid, interp + level, torch.zeros_like(y))
+    return baselines(inp, ())[..., 0]
 
 
 class Faithful(nn.Module):
@@ -183,12 +234,19 @@ class Repaired(nn.Module):
     ``on_baseline``: μ is a correction added to ``twin_baseline`` (the parameter-free prediction from the earlier
     points: the other series interpolated at x_t plus the mean offset seen so far), as the authors' later
     Taylorformer predicts a residual on its nearest neighbour; the correction starts at zero.
+
+    ``smooth`` (with ``on_baseline``): the base is instead a per-point blend of the interpolation and the
+    local-linear smoothers of ``SMOOTH_BANDWIDTHS`` (``baselines``), with blend weights (a softmax) predicted from
+    the query stream. Interpolating noisy neighbours passes their noise on; smoothing averages it away, and
+    blurs a noise-free curve: the model learns from the data which to use. It starts mostly on the
+    interpolation (weight ``e²/(e² + 3)`` ≈ 0.71).
     """
 
     def __init__(self, width: int = 128, heads: int = 4, layers: int = 3, n_freq: int = 24, self_feed: bool = False,
-                 on_baseline: bool = False):
+                 on_baseline: bool = False, smooth: bool = True):
         super().__init__()
         self.self_feed, self.on_baseline = self_feed, on_baseline
+        self.blend = on_baseline and smooth
         # angular frequencies 0.3 ... 40 per unit of x: fine enough to single out the nearest neighbours of the
         # other series (0.05 apart at 400 points), coarse enough to find smooth ones
         self.register_buffer("freqs", torch.logspace(math.log10(0.3), math.log10(40.0), n_freq))
@@ -198,11 +256,14 @@ class Repaired(nn.Module):
         self.null = nn.Parameter(torch.zeros(1, 1, width))
         self.ctx_blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
         self.qry_blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 2))
-        if on_baseline:  # start exactly at the baseline: the attention learns a correction
+        n_out = 2 + (1 + len(SMOOTH_BANDWIDTHS)) * self.blend  # (μ, log σ[, blend logits])
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, n_out))
+        if on_baseline:  # start at the baseline: the attention learns a correction (and the blend)
             with torch.no_grad():
                 self.out[-1].weight[0].zero_()
                 self.out[-1].bias[0].zero_()
+                self.out[-1].weight[2:].zero_()
+                self.out[-1].bias[2:] = torch.tensor([2.0] + [0.0] * len(SMOOTH_BANDWIDTHS))[:n_out - 2]
 
     def features(self, x, s):
         ang = x[..., None] * self.freqs
@@ -236,8 +297,23 @@ class Repaired(nn.Module):
 
     def _predict(self, inp):
         out = self.out(self._queries(inp))
-        mu = out[..., 0] + (twin_baseline(inp) if self.on_baseline else 0.0)
+        mu = out[..., 0] + self._base(inp, out)
         return torch.stack([mu, out[..., 1].clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)], -1)
+
+    def _base(self, inp, out) -> torch.Tensor | float:
+        """What the correction is added to: 0, the interpolation, or (``smooth``) the blend weighed by the output
+        head's logits ``out[..., 2:]``."""
+        if not self.on_baseline:
+            return 0.0
+        if not self.blend:
+            return twin_baseline(inp)
+        return (torch.softmax(out[..., 2:], -1) * baselines(inp)).sum(-1)
+
+    def blend_weights(self, inp) -> torch.Tensor:
+        """(B, T, 1 + len(SMOOTH_BANDWIDTHS)) the weights of the interpolation and of each smoother."""
+        if not self.blend:
+            raise ValueError("this model has no blend (on_baseline and smooth are not both set)")
+        return torch.softmax(self.out(self._queries(inp))[..., 2:], -1)
 
     def attention(self, inp) -> torch.Tensor:
         """(B, T, T) last-layer query attention over the points j < t, averaged over heads (null token dropped)."""
