@@ -274,6 +274,8 @@ def test_repaired_blend_starts_on_the_interpolation():
     torch.testing.assert_close(plain(inp)[..., 0], models.twin_baseline(inp))
     with pytest.raises(ValueError, match="no blend"):
         plain.blend_weights(inp)
+    with pytest.raises(ValueError, match="square root of a whole number"):
+        models.baselines(inp, (0.1, 0.25))
 
 
 def test_nearest_same_series_uses_earlier_points_only():

@@ -9,8 +9,9 @@ metrics on the first ``--n-eval`` test pairs after every evaluation interval (``
 with ``--noise`` also the teacher-forced target log-likelihood per point against the exact GP posterior's, and the
 gap).
 
-Model defaults are the chapter's full profile (``ch.Config``: 64 x 2, self-feeding, Adam 3e-4, a correction on the
-parameter-free baseline; ``--no-on-baseline`` trains the attention-only control).
+Model defaults are the chapter's full profile (``ch.Config``: 64 x 2, self-feeding, Adam 3e-4, a correction on a
+learned blend of the interpolation and local-linear smoothers of the seen series; ``--no-smooth`` trains the
+interpolation-only control, ``--no-on-baseline`` the attention-only control).
 
     python tools/ch02_full_geometry.py --steps 3000 --evals 3 --n-train 50000   # noise-free (1 CPU thread)
     python tools/ch02_full_geometry.py --steps 4000 --noise 0.1                 # noisy variant, loglik vs the oracle

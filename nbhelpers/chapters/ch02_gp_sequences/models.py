@@ -83,6 +83,11 @@ def baselines(inp: torch.Tensor, bandwidths=SMOOTH_BANDWIDTHS) -> torch.Tensor:
     one matrix product per bandwidth; the weights of the narrower ones are powers of the widest one's, so each
     bandwidth must be the widest divided by the square root of a whole number (the defaults: by 2 and 4).
     """
+    widest = max(bandwidths, default=1.0)
+    powers = [round((widest / h) ** 2) for h in bandwidths]
+    if any(abs((widest / h) ** 2 - p) > 1e-9 for h, p in zip(bandwidths, powers)):
+        raise ValueError(f"bandwidths={bandwidths!r} are not allowed: each must be the widest divided by the square "
+                         "root of a whole number")
     x, s, y = inp[..., 0], inp[..., 1], inp[..., 2]
     before = causal_mask(x.shape[1], x.device)
     other = before & (s[:, :, None] != s[:, None, :])
@@ -93,16 +98,11 @@ def baselines(inp: torch.Tensor, bandwidths=SMOOTH_BANDWIDTHS) -> torch.Tensor:
         # the moments about x_t below subtract nearly equal sums: float64, and x centred (x in [5, 15))
         xc, yd = (x - 10.0).double(), y.double()
         vec = torch.stack([torch.ones_like(xc), xc, xc * xc, yd, xc * yd], -1)  # (B, T, 5)
-        widest = max(bandwidths)
         # one exp (of arguments clamped above the denormals: a weight below e^-80 is 0 here anyway), masked once;
         # the narrower widths are its powers: exp(-d²/2h²) = exp(-d²/2H²) ** (H/h)²
         base = torch.exp((dx * dx * (-0.5 / widest ** 2)).clamp_min(-80.0)) * other.to(x.dtype)
-        for h in bandwidths:
-            power = (widest / h) ** 2
-            if abs(power - round(power)) > 1e-9:
-                raise ValueError(f"bandwidth {h} is not the widest ({widest}) divided by the square root of a whole "
-                                 "number")
-            w = base ** round(power)
+        for h, power in zip(bandwidths, powers):
+            w = base ** power
             m0, m1, m2, t0, t1 = (w.double() @ vec).unbind(-1)
             s1, s2, u1 = m1 - xc * m0, m2 - 2 * xc * m1 + xc * xc * m0, t1 - xc * t0  # moments about x_t
             det = m0 * s2 - s1 * s1
